@@ -1,0 +1,77 @@
+//! One token taken from the pool and recorded in a holder's list in Redis.
+
+use std::sync::Arc;
+
+use super::{Engine, Generation};
+use crate::runtime::Runtime;
+use crate::Result;
+
+/// A held token. Dropping it gives the token back (to a local waiter, or to Redis on the
+/// runtime), so a token can never be forgotten by accident.
+#[derive(Debug)]
+pub(crate) struct Held<R: Runtime> {
+    pub(crate) engine: Arc<Engine<R>>,
+    pub(crate) gen: Arc<Generation>,
+    /// How many times this token went from one local holder to the next without going
+    /// back to Redis.
+    pub(crate) handoffs: u32,
+    armed: bool,
+}
+
+impl<R: Runtime> Held<R> {
+    /// Records a newly granted token (counted as outstanding in its generation).
+    pub(crate) fn new(engine: Arc<Engine<R>>, gen: Arc<Generation>, handoffs: u32) -> Self {
+        gen.add_outstanding();
+        Held {
+            engine,
+            gen,
+            handoffs,
+            armed: true,
+        }
+    }
+
+    /// Takes over a token already counted as outstanding (a detached permit).
+    pub(crate) fn adopt(engine: Arc<Engine<R>>, gen: Arc<Generation>) -> Self {
+        Held {
+            engine,
+            gen,
+            handoffs: 0,
+            armed: true,
+        }
+    }
+
+    /// Stops the drop-time release; the caller takes over the outstanding count.
+    pub(crate) fn disarm(mut self) -> (Arc<Engine<R>>, Arc<Generation>, u32) {
+        self.armed = false;
+        (self.engine.clone(), self.gen.clone(), self.handoffs)
+    }
+
+    /// Gives the token back and reports how that went.
+    pub(crate) async fn release(self) -> Result<()> {
+        let engine = self.engine.clone();
+        engine.release_held(self).await
+    }
+
+    /// Keeps the token held by the handle with no guard; `Semaphore::release` gives it back.
+    pub(crate) fn forget(self) {
+        let (engine, gen, _) = self.disarm();
+        engine.add_detached(gen);
+    }
+}
+
+impl<R: Runtime> Drop for Held<R> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.armed = false;
+        // Re-wrap without counting it twice: the outstanding count moves to the new value.
+        let again = Held {
+            engine: self.engine.clone(),
+            gen: self.gen.clone(),
+            handoffs: self.handoffs,
+            armed: true,
+        };
+        self.engine.release_in_background(again);
+    }
+}

@@ -1,0 +1,374 @@
+//! The engine shared by every primitive: a pool of identical tokens in a Redis list that
+//! holders take into lists of their own, under leases on the server clock.
+//!
+//! A semaphore is a pool of `count` permits; an event is a pool of pending signals that a
+//! waiter takes and then consumes. Everything about Redis (keys, scripts, leases, blocking
+//! waits, reclaim) lives here once and is shared by both.
+
+mod detached;
+mod generation;
+mod held;
+mod lease;
+mod waiters;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures::channel::oneshot;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::AsyncConnectionConfig;
+
+use crate::keys::Keys;
+use crate::runtime::Runtime;
+use crate::{Error, Result};
+
+pub(crate) use detached::Detachable;
+pub(crate) use generation::{Generation, LostSignal};
+pub(crate) use held::Held;
+
+/// The token stored for each permit or signal. redsync 2.0 uses `42` for permits and `1`
+/// for signals; keeping them lets Python and Rust processes share a primitive.
+pub(crate) const PERMIT_TOKEN: &str = "42";
+pub(crate) const SIGNAL_TOKEN: &str = "1";
+
+/// How long a reclaimed holder's list is still swept for a blocking move that was already
+/// on the server when it was reclaimed. Must exceed the longest blocking wait.
+const GRAVE: Duration = Duration::from_secs(60);
+/// The longest single blocking wait on the server; waits longer than this are re-issued,
+/// which also lets a waiting client notice expired holders.
+const MAX_BLOCK: Duration = Duration::from_secs(2);
+
+/// What the pool holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Permits: given back to the tail of the pool, the pool keeps a TTL.
+    Semaphore,
+    /// Signals: given back to the head (the next waiter gets it), no TTL on the pool.
+    Event,
+}
+
+/// Tuning that a builder passes down.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub kind: Kind,
+    pub keys: Keys,
+    pub lease: Duration,
+    pub max_blocking: usize,
+    pub handoff_limit: u32,
+    pub response_timeout: Duration,
+    pub init: crate::InitStrategy,
+}
+
+type Waiter<R> = oneshot::Sender<Result<Held<R>>>;
+
+#[derive(Debug)]
+struct State<R: Runtime> {
+    /// The generation new grants go to.
+    current: Option<Arc<Generation>>,
+    /// Every generation whose lease this handle still renews.
+    gens: Vec<Arc<Generation>>,
+    /// Local waiters, longest first.
+    waiters: VecDeque<Waiter<R>>,
+    /// Running waiter pumps.
+    pumps: usize,
+    /// Dedicated blocking connections not in use.
+    idle: Vec<MultiplexedConnection>,
+    /// One entry per detached permit (`Permit::forget`), newest last.
+    detached: Vec<Arc<Generation>>,
+    /// Stops the watchdog.
+    stop_watchdog: Option<oneshot::Sender<()>>,
+}
+
+/// One handle's view of one primitive in Redis.
+pub(crate) struct Engine<R: Runtime> {
+    pub rt: R,
+    pub client: redis::Client,
+    /// The shared multiplexed connection: everything but blocking waits.
+    pub conn: ConnectionManager,
+    pub cfg: Config,
+    /// The permit count once known (0 until then); events leave it 0.
+    pub count: AtomicU32,
+    holder_base: String,
+    next_gen: AtomicU64,
+    closed: AtomicBool,
+    /// Milliseconds since `started` of the last reclaim pass a waiter asked for.
+    last_kick: AtomicU64,
+    started: Instant,
+    register_lock: futures::lock::Mutex<()>,
+    state: Mutex<State<R>>,
+}
+
+impl<R: Runtime> std::fmt::Debug for Engine<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("pool", &self.cfg.keys.pool)
+            .field("holder", &self.holder_base)
+            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Runtime> Engine<R> {
+    /// Connects and starts the lease watchdog.
+    pub(crate) async fn start(client: &redis::Client, cfg: Config) -> Result<Arc<Self>> {
+        let rt = R::try_current()?;
+        if cfg.lease < Duration::from_millis(100) {
+            return Err(Error::InvalidArgument(format!(
+                "lease_ttl must be at least 100 ms, got {:?}",
+                cfg.lease
+            )));
+        }
+        let conn = client
+            .get_connection_manager_with_config(
+                ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(cfg.response_timeout))
+                    .set_connection_timeout(Some(cfg.response_timeout))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_millis(500)),
+            )
+            .await?;
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let engine = Arc::new(Engine {
+            rt,
+            client: client.clone(),
+            conn,
+            cfg,
+            count: AtomicU32::new(0),
+            holder_base: format!("{:016x}", fastrand::u64(..)),
+            next_gen: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            last_kick: AtomicU64::new(0),
+            started: Instant::now(),
+            register_lock: futures::lock::Mutex::new(()),
+            state: Mutex::new(State {
+                current: None,
+                gens: Vec::new(),
+                waiters: VecDeque::new(),
+                pumps: 0,
+                idle: Vec::new(),
+                detached: Vec::new(),
+                stop_watchdog: Some(stop_tx),
+            }),
+        });
+        lease::spawn_watchdog(&engine, stop_rx);
+        Ok(engine)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State<R>> {
+        // A panic while holding this lock cannot leave the state inconsistent (every
+        // critical section is a few field updates), so recover from poisoning.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn keep_pool_ttl(&self) -> bool {
+        self.cfg.kind == Kind::Semaphore
+    }
+
+    pub(crate) fn ttl_ms(&self) -> u64 {
+        self.cfg.lease.as_millis() as u64
+    }
+
+    /// Which end of the pool a token goes back to.
+    pub(crate) fn give_back_side(&self) -> &'static str {
+        match self.cfg.kind {
+            Kind::Semaphore => "RIGHT",
+            Kind::Event => "LEFT",
+        }
+    }
+
+    /// The generation new grants go to, starting a new lease when there is none.
+    pub(crate) async fn current_gen(self: &Arc<Self>) -> Result<Arc<Generation>> {
+        if let Some(g) = self.usable_current()? {
+            return Ok(g);
+        }
+        let _registering = self.register_lock.lock().await;
+        if let Some(g) = self.usable_current()? {
+            return Ok(g);
+        }
+        let n = self.next_gen.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-{n}", self.holder_base);
+        let held_key = self.cfg.keys.held(&id);
+        let mut conn = self.conn.clone();
+        let _: i64 = crate::scripts::REGISTER
+            .key(&self.cfg.keys.leases)
+            .arg(&id)
+            .arg(self.ttl_ms())
+            .invoke_async(&mut conn)
+            .await?;
+        let gen = Arc::new(Generation::new(
+            id,
+            held_key,
+            Instant::now() + self.cfg.lease,
+        ));
+        let mut st = self.state();
+        if self.is_closed() {
+            gen.mark_dirty();
+            drop(st);
+            self.maybe_retire(&gen);
+            return Err(Error::Closed);
+        }
+        st.current = Some(gen.clone());
+        st.gens.push(gen.clone());
+        Ok(gen)
+    }
+
+    fn usable_current(&self) -> Result<Option<Arc<Generation>>> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        Ok(self.state().current.clone().filter(|g| g.is_usable()))
+    }
+
+    /// True when `gen` is the generation new grants go to.
+    pub(crate) fn is_current(&self, gen: &Arc<Generation>) -> bool {
+        self.state()
+            .current
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, gen))
+    }
+
+    /// The lease of `gen` is gone: its permits are reclaimed (or about to be) by the server.
+    pub(crate) fn lose(&self, gen: &Arc<Generation>) {
+        if gen.mark_lost() {
+            let mut st = self.state();
+            st.gens.retain(|g| !Arc::ptr_eq(g, gen));
+            if st.current.as_ref().is_some_and(|c| Arc::ptr_eq(c, gen)) {
+                st.current = None;
+            }
+        }
+    }
+
+    /// A call on `gen` ended with an unknown outcome: grant no more under it, and give back
+    /// whatever is left in its list once its last local permit is gone.
+    pub(crate) fn taint(&self, gen: &Arc<Generation>) {
+        gen.mark_dirty();
+        self.maybe_retire(gen);
+    }
+
+    /// Retires `gen` if it is dirty and drained.
+    pub(crate) fn maybe_retire(&self, gen: &Arc<Generation>) {
+        if gen.claim_retirement() {
+            self.retire(gen.clone());
+        }
+    }
+
+    fn retire(&self, gen: Arc<Generation>) {
+        {
+            let mut st = self.state();
+            st.gens.retain(|g| !Arc::ptr_eq(g, &gen));
+            if st.current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &gen)) {
+                st.current = None;
+            }
+        }
+        if gen.is_lost() {
+            return;
+        }
+        let call = lease::reclaim_call(self, vec![gen.id.clone()], 1);
+        self.rt.spawn(async move {
+            // On failure the lease is no longer renewed: it expires and any live client
+            // reclaims what is left.
+            let _ = call.await;
+        });
+    }
+
+    /// Stops the watchdog and the pumps, fails local waiters with [`Error::Closed`], and
+    /// gives up the leases of generations that hold nothing.
+    pub(crate) fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (waiters, gens) = {
+            let mut st = self.state();
+            if let Some(stop) = st.stop_watchdog.take() {
+                let _ = stop.send(());
+            }
+            st.current = None;
+            st.idle.clear();
+            (std::mem::take(&mut st.waiters), st.gens.clone())
+        };
+        for w in waiters {
+            let _ = w.send(Err(Error::Closed));
+        }
+        for gen in gens {
+            // Held permits keep their lease until it expires (nobody renews it now);
+            // generations with nothing outstanding are given up at once.
+            gen.mark_dirty();
+            self.maybe_retire(&gen);
+        }
+    }
+
+    /// Nudges a reclaim pass (rate limited): a client about to block, or whose wait timed
+    /// out, checks for crashed holders without waiting for its watchdog.
+    pub(crate) fn kick_reclaim(self: &Arc<Self>) {
+        let now = self.started.elapsed().as_millis() as u64;
+        let last = self.last_kick.load(Ordering::Relaxed);
+        let min_gap = (self.cfg.lease.as_millis() as u64 / 10).clamp(50, 1000);
+        if now.saturating_sub(last) < min_gap
+            || self
+                .last_kick
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let engine = self.clone();
+        self.rt.spawn(async move {
+            let _ = lease::renew_once(&engine).await;
+        });
+    }
+
+    /// Records a permit kept without a guard.
+    pub(crate) fn add_detached(&self, gen: Arc<Generation>) {
+        self.state().detached.push(gen);
+    }
+
+    /// Takes back a permit kept without a guard, if there is one.
+    pub(crate) fn take_detached(self: &Arc<Self>) -> Option<Held<R>> {
+        let gen = self.state().detached.pop()?;
+        Some(Held::adopt(self.clone(), gen))
+    }
+
+    /// A dedicated connection with no response timeout, for blocking waits only.
+    async fn blocking_conn(&self) -> Result<MultiplexedConnection> {
+        if let Some(c) = self.state().idle.pop() {
+            return Ok(c);
+        }
+        let cfg = AsyncConnectionConfig::new()
+            .set_response_timeout(None)
+            .set_connection_timeout(Some(self.cfg.response_timeout));
+        Ok(self
+            .client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await?)
+    }
+}
+
+impl<R: Runtime> Drop for Engine<R> {
+    fn drop(&mut self) {
+        // Nothing is outstanding any more (permits hold the engine alive): give up the
+        // leases now instead of letting them expire.
+        let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(stop) = st.stop_watchdog.take() {
+            let _ = stop.send(());
+        }
+        let ids: Vec<String> = st
+            .gens
+            .iter()
+            .filter(|g| !g.is_lost() && !g.is_retired())
+            .map(|g| g.id.clone())
+            .collect();
+        if !ids.is_empty() {
+            let n = ids.len();
+            let call = lease::reclaim_call(self, ids, n);
+            self.rt.spawn(async move {
+                let _ = call.await;
+            });
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! Taking and giving back tokens: the fast path over the shared connection, local FIFO
+//! waiters, and the few "pumps" that block on Redis on their behalf.
+//!
+//! However many tasks wait, a handle opens at most `max_blocking` dedicated connections:
+//! each pump blocks in `BLMOVE pool -> held list` and hands what it gets to the longest
+//! local waiter; a token nobody is waiting for any more goes back to the pool.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::channel::oneshot;
+use redis::RedisResult;
+
+use super::{Detachable, Engine, Generation, Held, Kind, MAX_BLOCK};
+use crate::runtime::Runtime;
+use crate::scripts::{GIVE_BACK, TAKE};
+use crate::{Error, Result};
+
+/// How many times in a row a fast-path call may find the lease gone before giving up.
+const LEASE_RETRIES: usize = 3;
+
+impl<R: Runtime> Engine<R> {
+    /// Takes a token, waiting as long as it takes.
+    pub(crate) async fn take(self: &Arc<Self>) -> Result<Held<R>> {
+        if !self.has_waiters() {
+            if let Some(held) = self.try_take().await? {
+                return Ok(held);
+            }
+        }
+        let rx = self.enqueue();
+        match rx.await {
+            Ok(res) => res,
+            // The pumps never drop a waiter unanswered unless the engine is closing.
+            Err(_) => Err(Error::Closed),
+        }
+    }
+
+    /// Takes a token if one is free now: one round trip.
+    pub(crate) async fn try_take(self: &Arc<Self>) -> Result<Option<Held<R>>> {
+        for _ in 0..LEASE_RETRIES {
+            let gen = self.current_gen().await?;
+            let mut conn = self.conn.clone();
+            let (pool, held_key, leases) = (
+                self.cfg.keys.pool.clone(),
+                gen.held_key.clone(),
+                self.cfg.keys.leases.clone(),
+            );
+            let (id, ttl) = (gen.id.clone(), self.ttl_ms());
+            gen.begin_call();
+            let call = async move {
+                TAKE.key(pool)
+                    .key(held_key)
+                    .key(leases)
+                    .arg(id)
+                    .arg(ttl)
+                    .invoke_async::<i64>(&mut conn)
+                    .await
+            };
+            let (engine, g) = (self.clone(), gen.clone());
+            let reply = Detachable::new(self.rt.clone(), call, move |reply| {
+                // The caller is gone: a token taken for it goes back.
+                if let Some(held) = engine.settle_take(&g, reply).ok().flatten() {
+                    drop(held);
+                }
+            })
+            .await;
+            match self.settle_take(&gen, reply) {
+                Err(Error::LeaseLost) => continue,
+                other => return other,
+            }
+        }
+        Err(Error::LeaseLost)
+    }
+
+    /// Turns the reply of a fast-path call into a held token (or none, or an error).
+    fn settle_take(
+        self: &Arc<Self>,
+        gen: &Arc<Generation>,
+        reply: RedisResult<i64>,
+    ) -> Result<Option<Held<R>>> {
+        let out = match reply {
+            Ok(1) => Ok(Some(Held::new(self.clone(), gen.clone(), 0))),
+            Ok(-1) => {
+                self.lose(gen);
+                Err(Error::LeaseLost)
+            }
+            Ok(_) => Ok(None),
+            Err(e) => {
+                gen.mark_dirty();
+                Err(e.into())
+            }
+        };
+        gen.end_call();
+        self.maybe_retire(gen);
+        out
+    }
+
+    fn has_waiters(&self) -> bool {
+        let mut st = self.state();
+        st.waiters.retain(|w| !w.is_canceled());
+        !st.waiters.is_empty()
+    }
+
+    /// Queues a local waiter and makes sure enough pumps run for it.
+    fn enqueue(self: &Arc<Self>) -> oneshot::Receiver<Result<Held<R>>> {
+        let (tx, rx) = oneshot::channel();
+        let spawn = {
+            let mut st = self.state();
+            if self.is_closed() {
+                let _ = tx.send(Err(Error::Closed));
+                return rx;
+            }
+            st.waiters.push_back(tx);
+            let want = st.waiters.len().min(self.cfg.max_blocking);
+            if st.pumps < want {
+                st.pumps += 1;
+                true
+            } else {
+                false
+            }
+        };
+        if spawn {
+            let engine = self.clone();
+            self.rt.spawn(async move { engine.pump().await });
+        }
+        self.kick_reclaim();
+        rx
+    }
+
+    /// Fails every local waiter with `err`.
+    fn fail_waiters(&self, err: Error) {
+        let waiters = std::mem::take(&mut self.state().waiters);
+        for w in waiters {
+            let _ = w.send(Err(err.clone()));
+        }
+    }
+
+    /// Blocks on Redis for local waiters until there are none.
+    async fn pump(self: Arc<Self>) {
+        let mut conn = None;
+        let mut failures = 0u32;
+        let block = MAX_BLOCK
+            .min(self.cfg.lease / 4)
+            .max(Duration::from_millis(100));
+        loop {
+            {
+                let mut st = self.state();
+                st.waiters.retain(|w| !w.is_canceled());
+                if st.waiters.is_empty() || self.is_closed() {
+                    st.pumps -= 1;
+                    if let Some(c) = conn.take() {
+                        if !self.is_closed() && st.idle.len() < self.cfg.max_blocking {
+                            st.idle.push(c);
+                        }
+                    }
+                    return;
+                }
+            }
+            let gen = match self.current_gen().await {
+                Ok(g) => g,
+                Err(e) => {
+                    self.fail_waiters(e);
+                    continue;
+                }
+            };
+            let mut c = match conn.take() {
+                Some(c) => c,
+                None => match self.blocking_conn().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        self.fail_waiters(e);
+                        continue;
+                    }
+                },
+            };
+            gen.begin_call();
+            let reply: RedisResult<Option<String>> = redis::cmd("BLMOVE")
+                .arg(&self.cfg.keys.pool)
+                .arg(&gen.held_key)
+                .arg("LEFT")
+                .arg("RIGHT")
+                .arg(block.as_secs_f64())
+                .query_async(&mut c)
+                .await;
+            match reply {
+                Ok(Some(_)) => {
+                    let held = Held::new(self.clone(), gen.clone(), 0);
+                    gen.end_call();
+                    conn = Some(c);
+                    failures = 0;
+                    self.deliver(held).await;
+                }
+                Ok(None) => {
+                    gen.end_call();
+                    conn = Some(c);
+                    failures = 0;
+                    self.kick_reclaim();
+                }
+                Err(e) => {
+                    // Unknown whether the move happened: the generation is retired once
+                    // drained, which gives back a token that did move.
+                    gen.end_call();
+                    self.taint(&gen);
+                    failures += 1;
+                    if failures >= 2 || !is_connection_error(&e) {
+                        self.fail_waiters(e.into());
+                    } else {
+                        self.rt.sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands a token the pump got to the longest local waiter, or gives it back.
+    async fn deliver(self: &Arc<Self>, held: Held<R>) {
+        if let Some(held) = self.hand_to_waiter(held) {
+            let _ = self.give_back(held).await;
+        }
+    }
+
+    /// Passes `held` to the longest live local waiter; returns it when there is none.
+    fn hand_to_waiter(&self, mut held: Held<R>) -> Option<Held<R>> {
+        if held.gen.is_lost() || self.is_closed() {
+            return Some(held);
+        }
+        let mut st = self.state();
+        while let Some(w) = st.waiters.pop_front() {
+            match w.send(Ok(held)) {
+                Ok(()) => return None,
+                Err(Ok(back)) => held = back,
+                // We sent `Ok`, so the value handed back is `Ok` too.
+                Err(Err(_)) => return None,
+            }
+        }
+        Some(held)
+    }
+
+    /// Gives a token back: to a local waiter when fairness allows, else to Redis.
+    pub(crate) async fn release_held(self: &Arc<Self>, held: Held<R>) -> Result<()> {
+        match self.handoff(held) {
+            None => Ok(()),
+            Some(held) => self.give_back(held).await,
+        }
+    }
+
+    /// Drop-time release: never blocks; what needs Redis runs on the runtime.
+    pub(crate) fn release_in_background(self: &Arc<Self>, held: Held<R>) {
+        if let Some(held) = self.handoff(held) {
+            let engine = self.clone();
+            self.rt.spawn(async move {
+                let _ = engine.give_back(held).await;
+            });
+        }
+    }
+
+    /// Local handoff: a released permit goes straight to the longest local waiter, with no
+    /// Redis round trip, at most `handoff_limit` times in a row; then it goes back through
+    /// Redis so that waiters in other processes get their turn.
+    fn handoff(&self, mut held: Held<R>) -> Option<Held<R>> {
+        let limit = match self.cfg.kind {
+            Kind::Semaphore => self.cfg.handoff_limit,
+            Kind::Event => u32::MAX,
+        };
+        if held.handoffs >= limit || !held.gen.is_usable() || !self.is_current(&held.gen) {
+            return Some(held);
+        }
+        held.handoffs += 1;
+        let mut held = self.hand_to_waiter(held)?;
+        held.handoffs -= 1;
+        Some(held)
+    }
+
+    /// Moves the token from the holder's list back to the pool in Redis.
+    pub(crate) async fn give_back(self: &Arc<Self>, held: Held<R>) -> Result<()> {
+        // Even for a lost lease the move is attempted: a blocking move that landed after the
+        // reclaim left a token there that belongs to nobody.
+        let (_, gen, _) = held.disarm();
+        let mut conn = self.conn.clone();
+        let (pool, held_key) = (self.cfg.keys.pool.clone(), gen.held_key.clone());
+        let ttl = if self.keep_pool_ttl() {
+            self.ttl_ms()
+        } else {
+            0
+        };
+        let side = self.give_back_side();
+        gen.begin_call();
+        let call = async move {
+            GIVE_BACK
+                .key(pool)
+                .key(held_key)
+                .arg(ttl)
+                .arg(side)
+                .invoke_async::<i64>(&mut conn)
+                .await
+        };
+        let (engine, g) = (self.clone(), gen.clone());
+        let reply = Detachable::new(self.rt.clone(), call, move |reply| {
+            let _ = engine.settle_give_back(&g, reply);
+        })
+        .await;
+        self.settle_give_back(&gen, reply)
+    }
+
+    fn settle_give_back(&self, gen: &Arc<Generation>, reply: RedisResult<i64>) -> Result<()> {
+        let out = match reply {
+            Ok(1) if !gen.is_lost() => Ok(()),
+            Ok(1) => Err(Error::LeaseLost),
+            Ok(_) => {
+                // The list was empty: the lease expired and the permit was reclaimed.
+                self.lose(gen);
+                Err(Error::LeaseLost)
+            }
+            Err(e) => {
+                gen.mark_dirty();
+                Err(e.into())
+            }
+        };
+        gen.end_call();
+        gen.sub_outstanding();
+        self.maybe_retire(gen);
+        out
+    }
+}
+
+fn is_connection_error(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+}

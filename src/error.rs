@@ -1,0 +1,59 @@
+//! The one error type of the crate.
+
+use std::time::Duration;
+
+/// The smallest and largest permit count a semaphore accepts (redsync 2.0's range).
+pub const COUNT_RANGE: std::ops::RangeInclusive<i64> = 1..=4096;
+
+/// Everything that can go wrong in `redis-sync`.
+///
+/// Each variant is a distinction a caller may act on; Redis failures keep their cause.
+///
+/// # Examples
+///
+/// ```
+/// use redis_sync::Error;
+///
+/// let err = Error::CountOutOfRange(0);
+/// assert_eq!(err.to_string(), "semaphore count 0 is out of range 1..=4096");
+/// ```
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A wait (acquire, attach, event wait) did not succeed within its timeout.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// `Semaphore::release` was called while this handle holds no detached permit.
+    #[error("release called but this handle holds no permit")]
+    NotAcquired,
+    /// The requested count is outside `1..=4096`.
+    #[error("semaphore count {0} is out of range 1..=4096")]
+    CountOutOfRange(i64),
+    /// `create` asked for one count but the semaphore in Redis has another.
+    #[error("semaphore count mismatch: requested {requested}, Redis has {actual}")]
+    CountMismatch {
+        /// The count passed to `create`.
+        requested: u32,
+        /// The count stored in Redis.
+        actual: u32,
+    },
+    /// The holder's lease expired (or vanished, e.g. after a Redis restart) and its permits
+    /// were given back to the pool: the permit is no longer held.
+    #[error("the lease of this holder was lost; its permits went back to the pool")]
+    LeaseLost,
+    /// The handle was closed with `close()`.
+    #[error("the handle is closed")]
+    Closed,
+    /// An option or name is not acceptable; the message says which and why.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// No async runtime of the requested kind is running on this thread.
+    #[error("no {0} runtime is running on this thread")]
+    NoRuntime(&'static str),
+    /// Redis answered with an error or could not be reached.
+    #[error("redis error: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

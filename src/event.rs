@@ -1,0 +1,366 @@
+//! The distributed one-to-one event.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::{AsyncCommands, RedisResult};
+
+use crate::engine::{Detachable, Engine, Held, Kind, SIGNAL_TOKEN};
+use crate::options::Options;
+use crate::runtime::{self, Runtime};
+use crate::{Error, KeyLayout, Result};
+
+/// The default key prefix of events, as in redsync 2.0.
+pub const DEFAULT_EVENT_PREFIX: &str = "redsync:event";
+
+/// A one-to-one signal between processes: each [`Event::set`] wakes exactly one
+/// [`Event::wait`]; a signal set while nobody waits stays in Redis until a waiter comes.
+///
+/// A waiter first moves a signal into a list of its own, under a lease, and only then
+/// consumes it, so a wait that is cancelled or times out at that moment, or a waiter that
+/// crashes, puts the signal back instead of swallowing it.
+///
+/// # Examples
+///
+/// ```no_run
+/// use redis_sync::{Event, Tokio};
+///
+/// # async fn demo(client: redis::Client) -> redis_sync::Result<()> {
+/// let done = Event::<Tokio>::open(&client, "task_done").await?;
+/// done.set().await?;                 // in one process
+/// done.wait().await?;                // in another: returns once per set()
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Event<R: Runtime> {
+    engine: Arc<Engine<R>>,
+}
+
+impl<R: Runtime> Event<R> {
+    /// Opens the event `name` with the default options.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Redis`], [`Error::NoRuntime`], [`Error::InvalidArgument`] (empty name).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redis::Client) -> redis_sync::Result<()> {
+    /// let ev = redis_sync::Event::<redis_sync::Tokio>::open(&client, "ready").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn open(client: &redis::Client, name: &str) -> Result<Self> {
+        Self::builder(client, name).open().await
+    }
+
+    /// Options: key prefix and layout, lease, blocking connections.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redis::Client) -> redis_sync::Result<()> {
+    /// let ev = redis_sync::Event::<redis_sync::Tokio>::builder(&client, "ready")
+    ///     .key_layout(redis_sync::KeyLayout::Redsync2)
+    ///     .open()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder(client: &redis::Client, name: &str) -> EventBuilder<R> {
+        EventBuilder {
+            client: client.clone(),
+            opts: Options::new(name, DEFAULT_EVENT_PREFIX),
+            _runtime: PhantomData,
+        }
+    }
+
+    /// Sets one signal: wakes exactly one waiter, now or whenever one comes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Redis`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe in the sense that a dropped call may or may not have set the signal.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(ev: redis_sync::Event<redis_sync::Tokio>) -> redis_sync::Result<()> {
+    /// ev.set().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn set(&self) -> Result<()> {
+        let mut conn = self.engine.conn.clone();
+        let _: i64 = conn.lpush(&self.engine.cfg.keys.pool, SIGNAL_TOKEN).await?;
+        Ok(())
+    }
+
+    /// Waits for a signal and consumes it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`], [`Error::Redis`]. If Redis fails in the very last step (the
+    /// consume), the signal stays recorded under this waiter's lease and goes back to the
+    /// event, so it is delivered again rather than lost.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a dropped wait never swallows a signal; one taken for it goes back.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(ev: redis_sync::Event<redis_sync::Tokio>) -> redis_sync::Result<()> {
+    /// ev.wait().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn wait(&self) -> Result<()> {
+        loop {
+            let held = self.engine.take().await?;
+            if consume(held).await? {
+                return Ok(());
+            }
+            // The lease was lost and the signal reclaimed into the event: wait again.
+        }
+    }
+
+    /// Waits for a signal for at most `timeout` (enforced on the client).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`], and those of [`Event::wait`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, like [`Event::wait`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn demo(ev: redis_sync::Event<redis_sync::Tokio>) -> redis_sync::Result<()> {
+    /// if ev.wait_timeout(Duration::from_secs(5)).await.is_err() {
+    ///     println!("no signal in 5 s");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn wait_timeout(&self, timeout: Duration) -> Result<()> {
+        match runtime::timeout(&self.engine.rt, timeout, self.wait()).await {
+            Some(res) => res,
+            None => Err(Error::Timeout(timeout)),
+        }
+    }
+
+    /// Removes every pending signal.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Redis`].
+    ///
+    /// # Cancel safety
+    ///
+    /// A dropped call may or may not have cleared.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(ev: redis_sync::Event<redis_sync::Tokio>) -> redis_sync::Result<()> {
+    /// ev.clear().await?;
+    /// assert!(!ev.is_set().await?);
+    /// # Ok(()) }
+    /// ```
+    pub async fn clear(&self) -> Result<()> {
+        let mut conn = self.engine.conn.clone();
+        let _: i64 = conn.del(&self.engine.cfg.keys.pool).await?;
+        Ok(())
+    }
+
+    /// True when at least one signal is pending.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Redis`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(ev: redis_sync::Event<redis_sync::Tokio>) -> redis_sync::Result<()> {
+    /// ev.set().await?;
+    /// assert!(ev.is_set().await?);
+    /// # Ok(()) }
+    /// ```
+    pub async fn is_set(&self) -> Result<bool> {
+        let mut conn = self.engine.conn.clone();
+        let n: i64 = conn.llen(&self.engine.cfg.keys.pool).await?;
+        Ok(n > 0)
+    }
+
+    /// Stops the watchdog and fails this handle's waits with [`Error::Closed`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(ev: redis_sync::Event<redis_sync::Tokio>) {
+    /// ev.close();
+    /// # }
+    /// ```
+    pub fn close(&self) {
+        self.engine.close();
+    }
+}
+
+/// Consumes a taken signal. Returns false when it was reclaimed meanwhile (lease lost).
+async fn consume<R: Runtime>(held: Held<R>) -> Result<bool> {
+    let (engine, gen, _) = held.disarm();
+    let mut conn = engine.conn.clone();
+    let key = gen.held_key.clone();
+    gen.begin_call();
+    let call = async move { conn.lpop::<_, Option<String>>(key, None).await };
+    let (e2, g2) = (engine.clone(), gen.clone());
+    let reply = Detachable::new(engine.rt.clone(), call, move |reply: RedisResult<_>| {
+        // Consumed for a waiter that is gone: put the signal back.
+        if let Ok(Some(_)) = reply {
+            let mut conn = e2.conn.clone();
+            let pool = e2.cfg.keys.pool.clone();
+            e2.rt.spawn(async move {
+                let _: RedisResult<i64> = conn.lpush(pool, SIGNAL_TOKEN).await;
+            });
+        }
+        settle(&e2, &g2, reply.is_err());
+    })
+    .await;
+    settle(&engine, &gen, reply.is_err());
+    match reply {
+        Ok(Some(_)) => Ok(true),
+        Ok(None) => {
+            engine.lose(&gen);
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn settle<R: Runtime>(engine: &Engine<R>, gen: &Arc<crate::engine::Generation>, unknown: bool) {
+    if unknown {
+        gen.mark_dirty();
+    }
+    gen.end_call();
+    gen.sub_outstanding();
+    engine.maybe_retire(gen);
+}
+
+/// Builds an [`Event`] with options; from [`Event::builder`].
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo(client: redis::Client) -> redis_sync::Result<()> {
+/// let ev = redis_sync::Event::<redis_sync::Tokio>::builder(&client, "ready")
+///     .key_prefix("myapp:event")
+///     .open()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+#[must_use = "a builder does nothing until open()"]
+pub struct EventBuilder<R: Runtime> {
+    client: redis::Client,
+    opts: Options,
+    _runtime: PhantomData<fn() -> R>,
+}
+
+impl<R: Runtime> EventBuilder<R> {
+    /// The key prefix (default `redsync:event`).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redis::Client) {
+    /// let b = redis_sync::Event::<redis_sync::Tokio>::builder(&client, "ready").key_prefix("app:ev");
+    /// # }
+    /// ```
+    pub fn key_prefix(mut self, prefix: &str) -> Self {
+        self.opts.key_prefix = prefix.to_owned();
+        self
+    }
+
+    /// Hash-tagged keys (default) or redsync 2.0's exact key name.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redis::Client) {
+    /// let b = redis_sync::Event::<redis_sync::Tokio>::builder(&client, "ready")
+    ///     .key_layout(redis_sync::KeyLayout::Redsync2);
+    /// # }
+    /// ```
+    pub fn key_layout(mut self, layout: KeyLayout) -> Self {
+        self.opts.key_layout = layout;
+        self
+    }
+
+    /// The lease under which a waiter holds a signal it has taken but not yet consumed
+    /// (default 300 s): a waiter that crashes in between gives the signal back after it.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redis::Client) {
+    /// let b = redis_sync::Event::<redis_sync::Tokio>::builder(&client, "ready")
+    ///     .lease_ttl(std::time::Duration::from_secs(10));
+    /// # }
+    /// ```
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.opts.lease_ttl = ttl;
+        self
+    }
+
+    /// At most this many dedicated connections block on Redis for this handle's waiters
+    /// (default 4).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redis::Client) {
+    /// let b = redis_sync::Event::<redis_sync::Tokio>::builder(&client, "ready")
+    ///     .max_blocking_connections(1);
+    /// # }
+    /// ```
+    pub fn max_blocking_connections(mut self, n: usize) -> Self {
+        self.opts.max_blocking = n;
+        self
+    }
+
+    /// Opens the event.
+    ///
+    /// # Errors
+    ///
+    /// As [`Event::open`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redis::Client) -> redis_sync::Result<()> {
+    /// let ev = redis_sync::Event::<redis_sync::Tokio>::builder(&client, "ready").open().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn open(self) -> Result<Event<R>> {
+        let engine = Engine::<R>::start(&self.client, self.opts.config(Kind::Event)?).await?;
+        Ok(Event { engine })
+    }
+}

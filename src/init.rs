@@ -1,0 +1,166 @@
+//! Creating the permit pool (two strategies) and waiting for one to exist.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+
+use crate::engine::{Engine, PERMIT_TOKEN};
+use crate::runtime::Runtime;
+use crate::scripts::INIT;
+use crate::{Error, Result};
+
+/// How a semaphore's permit pool is created the first time.
+///
+/// Both are atomic and safe when many processes create the same semaphore at once: the
+/// first creates the pool, the others validate the count. Neither re-creates a full pool
+/// while permits are held.
+///
+/// # Examples
+///
+/// ```
+/// use redis_sync::InitStrategy;
+/// assert_eq!(InitStrategy::default(), InitStrategy::Lua);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum InitStrategy {
+    /// One Lua script checks and fills the pool atomically (redsync's `LUA`).
+    #[default]
+    Lua,
+    /// `WATCH`/`MULTI`/`EXEC`, retried when another client changed the keys meanwhile
+    /// (redsync's `OPTIMISTIC_LOCKING`). Runs on a connection of its own, because `WATCH`
+    /// state belongs to a connection.
+    OptimisticLocking,
+}
+
+/// Attempts before giving up when other clients keep changing the keys.
+const ATTEMPTS: usize = 64;
+
+/// Makes sure the pool exists; returns the count stored in Redis.
+pub(crate) async fn ensure_pool<R: Runtime>(engine: &Arc<Engine<R>>, count: u32) -> Result<u32> {
+    for attempt in 0..ATTEMPTS {
+        let done = match engine.cfg.init {
+            InitStrategy::Lua => init_lua(engine, count).await?,
+            InitStrategy::OptimisticLocking => init_optimistic(engine, count).await?,
+        };
+        if let Some(actual) = done {
+            return Ok(actual);
+        }
+        // Contention: back off a little, with jitter, before the next attempt.
+        let ms = fastrand::u64(1..=(2 + attempt as u64 * 2).min(50));
+        engine.rt.sleep(Duration::from_millis(ms)).await;
+    }
+    Err(Error::InvalidArgument(format!(
+        "could not initialise semaphore {} after {ATTEMPTS} attempts: other clients kept changing it",
+        engine.cfg.keys.pool
+    )))
+}
+
+async fn init_lua<R: Runtime>(engine: &Arc<Engine<R>>, count: u32) -> Result<Option<u32>> {
+    let keys = &engine.cfg.keys;
+    let Some(meta) = keys.meta.as_ref() else {
+        return Ok(Some(count));
+    };
+    let mut conn = engine.conn.clone();
+    let holders: Vec<String> = conn.zrange(&keys.leases, 0, -1).await?;
+    let mut inv = INIT.prepare_invoke();
+    inv.key(meta).key(&keys.pool).key(&keys.leases);
+    for h in &holders {
+        inv.key(keys.held(h));
+    }
+    inv.arg(count).arg(PERMIT_TOKEN).arg(engine.ttl_ms());
+    for h in &holders {
+        inv.arg(h);
+    }
+    let actual: i64 = inv.invoke_async(&mut conn).await?;
+    Ok(u32::try_from(actual).ok())
+}
+
+async fn init_optimistic<R: Runtime>(engine: &Arc<Engine<R>>, count: u32) -> Result<Option<u32>> {
+    let keys = &engine.cfg.keys;
+    let Some(meta) = keys.meta.as_ref() else {
+        return Ok(Some(count));
+    };
+    let ttl = engine.ttl_ms() as i64;
+    // WATCH belongs to the connection: never on the shared one.
+    let mut conn = engine.client.get_multiplexed_async_connection().await?;
+    redis::cmd("WATCH")
+        .arg(meta)
+        .arg(&keys.pool)
+        .arg(&keys.leases)
+        .exec_async(&mut conn)
+        .await?;
+    let existing: Option<u32> = conn.hget(meta, "count").await?;
+    if let Some(actual) = existing {
+        redis::cmd("UNWATCH").exec_async(&mut conn).await?;
+        let _: () = redis::pipe()
+            .pexpire(meta, ttl)
+            .ignore()
+            .pexpire(&keys.pool, ttl)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        return Ok(Some(actual));
+    }
+    let holders: Vec<String> = conn.zrange(&keys.leases, 0, -1).await?;
+    let mut held = 0u32;
+    for h in &holders {
+        let n: u32 = conn.llen(keys.held(h)).await?;
+        held += n;
+    }
+    let free: u32 = conn.llen(&keys.pool).await?;
+    let want = count.saturating_sub(held);
+    let mut tx = redis::pipe();
+    tx.atomic();
+    tx.hset(meta, "count", count).ignore();
+    if free < want {
+        tx.rpush(&keys.pool, vec![PERMIT_TOKEN; (want - free) as usize])
+            .ignore();
+    } else if free > want {
+        if want == 0 {
+            tx.del(&keys.pool).ignore();
+        } else {
+            tx.ltrim(&keys.pool, 0, want as isize - 1).ignore();
+        }
+    }
+    tx.pexpire(meta, ttl).ignore();
+    tx.pexpire(&keys.pool, ttl).ignore();
+    tx.pexpire(&keys.leases, ttl).ignore();
+    // EXEC answers nil when a watched key changed: someone else got there first.
+    let committed: Option<()> = tx.query_async(&mut conn).await?;
+    Ok(committed.map(|()| count))
+}
+
+/// Waits until a creator has set the semaphore up; returns its count.
+///
+/// Polls with a backoff that grows to 250 ms: a few requests a second at most.
+pub(crate) async fn wait_for_count<R: Runtime>(
+    engine: &Arc<Engine<R>>,
+    timeout: Option<Duration>,
+) -> Result<u32> {
+    let Some(meta) = engine.cfg.keys.meta.as_ref() else {
+        return Err(Error::InvalidArgument("events have no count".into()));
+    };
+    let start = Instant::now();
+    let mut delay = Duration::from_millis(5);
+    let mut conn = engine.conn.clone();
+    loop {
+        let count: Option<i64> = conn.hget(meta, "count").await?;
+        if let Some(c) = count {
+            return u32::try_from(c)
+                .ok()
+                .filter(|c| crate::error::COUNT_RANGE.contains(&i64::from(*c)))
+                .ok_or(Error::CountOutOfRange(c));
+        }
+        let mut pause = delay;
+        if let Some(t) = timeout {
+            let left = t.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return Err(Error::Timeout(t));
+            }
+            pause = pause.min(left);
+        }
+        engine.rt.sleep(pause).await;
+        delay = (delay * 2).min(Duration::from_millis(250));
+    }
+}

@@ -1,0 +1,108 @@
+//! Where a primitive lives in Redis: one place that names every key.
+
+use crate::{Error, Result};
+
+/// How key names are built.
+///
+/// # Examples
+///
+/// ```
+/// use redis_sync::KeyLayout;
+/// assert_eq!(KeyLayout::default(), KeyLayout::HashTagged);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum KeyLayout {
+    /// `{prefix}:{<name>}:...`: every key of one primitive shares the Redis Cluster hash
+    /// tag `{name}`, so they land in one slot.
+    #[default]
+    HashTagged,
+    /// The exact key names of the Python package redsync 2.x (`{prefix}:<name>:list`,
+    /// `{prefix}:<name>:meta`, event `{prefix}:<name>`), so a Python process and a Rust
+    /// process can share one semaphore or event. No hash tag: single-node Redis only.
+    Redsync2,
+}
+
+/// The key names of one primitive.
+#[derive(Clone, Debug)]
+pub(crate) struct Keys {
+    /// The list of free permits (semaphore) or pending signals (event).
+    pub pool: String,
+    /// Semaphore metadata (`count`); absent for events.
+    pub meta: Option<String>,
+    /// Sorted set: holder id -> lease expiry (ms, server clock).
+    pub leases: String,
+    /// Sorted set: holder id -> time until which its held list is swept for stragglers.
+    pub graves: String,
+    /// Prefix of a holder's held list; the holder id follows.
+    held_prefix: String,
+}
+
+impl Keys {
+    pub(crate) fn semaphore(prefix: &str, name: &str, layout: KeyLayout) -> Result<Self> {
+        let base = base(prefix, name, layout)?;
+        Ok(Keys {
+            pool: format!("{base}:list"),
+            meta: Some(format!("{base}:meta")),
+            leases: format!("{base}:leases"),
+            graves: format!("{base}:graves"),
+            held_prefix: format!("{base}:held:"),
+        })
+    }
+
+    pub(crate) fn event(prefix: &str, name: &str, layout: KeyLayout) -> Result<Self> {
+        let base = base(prefix, name, layout)?;
+        Ok(Keys {
+            pool: base.clone(),
+            meta: None,
+            leases: format!("{base}:leases"),
+            graves: format!("{base}:graves"),
+            held_prefix: format!("{base}:held:"),
+        })
+    }
+
+    /// The list recording what holder `holder` has taken.
+    pub(crate) fn held(&self, holder: &str) -> String {
+        format!("{}{holder}", self.held_prefix)
+    }
+}
+
+fn base(prefix: &str, name: &str, layout: KeyLayout) -> Result<String> {
+    if name.is_empty() {
+        return Err(Error::InvalidArgument("name must not be empty".into()));
+    }
+    let prefix = prefix.trim_end_matches(':');
+    Ok(match layout {
+        KeyLayout::HashTagged => {
+            if name.contains(['{', '}']) {
+                return Err(Error::InvalidArgument(format!(
+                    "name {name:?} must not contain '{{' or '}}' with KeyLayout::HashTagged"
+                )));
+            }
+            format!("{prefix}:{{{name}}}")
+        }
+        KeyLayout::Redsync2 => format!("{prefix}:{name}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redsync2_names_match_python() {
+        let k = Keys::semaphore("redsync:semaphore:", "jobs", KeyLayout::Redsync2).unwrap();
+        assert_eq!(k.pool, "redsync:semaphore:jobs:list");
+        assert_eq!(k.meta.as_deref(), Some("redsync:semaphore:jobs:meta"));
+        let e = Keys::event("redsync:event", "done", KeyLayout::Redsync2).unwrap();
+        assert_eq!(e.pool, "redsync:event:done");
+    }
+
+    #[test]
+    fn hash_tagged_names_share_a_tag() {
+        let k = Keys::semaphore("redsync:semaphore", "jobs", KeyLayout::HashTagged).unwrap();
+        assert_eq!(k.pool, "redsync:semaphore:{jobs}:list");
+        assert_eq!(k.held("abc"), "redsync:semaphore:{jobs}:held:abc");
+        assert!(Keys::semaphore("p", "a{b", KeyLayout::HashTagged).is_err());
+        assert!(Keys::semaphore("p", "", KeyLayout::Redsync2).is_err());
+    }
+}

@@ -1,0 +1,161 @@
+//! The permit guard.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use crate::engine::{Held, LostSignal};
+use crate::runtime::Runtime;
+use crate::Result;
+
+/// One permit of a [`Semaphore`](crate::Semaphore), held until this guard is released or
+/// dropped.
+///
+/// Dropping it gives the permit back without blocking: the release runs on the runtime
+/// (or goes straight to a waiting task of the same handle). Use [`Permit::release`] to
+/// learn whether the release succeeded. If the process dies first, the holder's lease
+/// expires and other clients reclaim the permit.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo(sem: redis_sync::Semaphore<redis_sync::Tokio>) -> redis_sync::Result<()> {
+/// let permit = sem.acquire().await?;
+/// // ... work while holding it; `permit.lost()` resolves if the lease is lost ...
+/// permit.release().await?;
+/// # Ok(()) }
+/// ```
+#[must_use = "the permit is given back as soon as it is dropped"]
+#[clippy::has_significant_drop]
+#[derive(Debug)]
+pub struct Permit<R: Runtime> {
+    held: Held<R>,
+}
+
+impl<R: Runtime> Permit<R> {
+    pub(crate) fn new(held: Held<R>) -> Self {
+        Permit { held }
+    }
+
+    /// Gives the permit back and reports the outcome.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LeaseLost`](crate::Error::LeaseLost) when the holder's lease expired and the
+    /// permit had already been reclaimed (the pool is not grown);
+    /// [`Error::Redis`](crate::Error::Redis) when Redis could not be reached (the permit is
+    /// then given back as soon as the handle learns the outcome, or when its lease expires).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: if the future is dropped, the release still completes in the
+    /// background.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(sem: redis_sync::Semaphore<redis_sync::Tokio>) -> redis_sync::Result<()> {
+    /// let permit = sem.acquire().await?;
+    /// permit.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn release(self) -> Result<()> {
+        self.held.release().await
+    }
+
+    /// Keeps the permit held by the semaphore handle without a guard, like redsync's
+    /// `acquire()`; give it back later with [`Semaphore::release`](crate::Semaphore::release).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(sem: redis_sync::Semaphore<redis_sync::Tokio>) -> redis_sync::Result<()> {
+    /// sem.acquire().await?.forget();
+    /// sem.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn forget(self) {
+        self.held.forget();
+    }
+
+    /// True once the holder's lease was found lost: the permit may already belong to
+    /// someone else, so work done under it is no longer protected.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(sem: redis_sync::Semaphore<redis_sync::Tokio>) -> redis_sync::Result<()> {
+    /// let permit = sem.acquire().await?;
+    /// assert!(!permit.is_lost());
+    /// # Ok(()) }
+    /// ```
+    pub fn is_lost(&self) -> bool {
+        self.held.gen.is_lost()
+    }
+
+    /// Resolves when the holder's lease is lost (immediately if it already is), so work can
+    /// be abandoned with `select!`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only observes.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn work() {}
+    /// # async fn demo(sem: redis_sync::Semaphore<redis_sync::Tokio>) -> redis_sync::Result<()> {
+    /// let permit = sem.acquire().await?;
+    /// tokio::select! {
+    ///     _ = work() => permit.release().await?,
+    ///     _ = permit.lost() => eprintln!("lease lost: work abandoned"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn lost(&self) -> LeaseLostFuture {
+        LeaseLostFuture {
+            signal: self.held.gen.lost_signal(),
+        }
+    }
+
+    /// The holder id this permit is recorded under in Redis (see
+    /// [`Semaphore::inspect`](crate::Semaphore::inspect)).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(sem: redis_sync::Semaphore<redis_sync::Tokio>) -> redis_sync::Result<()> {
+    /// let permit = sem.acquire().await?;
+    /// println!("held by {}", permit.holder());
+    /// # Ok(()) }
+    /// ```
+    pub fn holder(&self) -> &str {
+        &self.held.gen.id
+    }
+}
+
+/// Resolves when a permit's lease is lost. Returned by [`Permit::lost`].
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo(sem: redis_sync::Semaphore<redis_sync::Tokio>) -> redis_sync::Result<()> {
+/// let permit = sem.acquire().await?;
+/// let lost: redis_sync::LeaseLostFuture = permit.lost();
+/// # drop(lost); Ok(()) }
+/// ```
+#[must_use = "futures do nothing unless polled"]
+#[derive(Debug)]
+pub struct LeaseLostFuture {
+    signal: LostSignal,
+}
+
+impl Future for LeaseLostFuture {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // The sender fires on loss; it is dropped unfired only when the generation is gone,
+        // which cannot happen while the permit holds it.
+        Pin::new(&mut self.signal).poll(cx).map(|_| ())
+    }
+}

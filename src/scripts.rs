@@ -1,0 +1,195 @@
+//! The Lua scripts: every multi-step change to Redis happens in one of them, so nothing is
+//! ever left half-done. Every key a script touches is passed in `KEYS`.
+//!
+//! Leases use the server clock (`TIME`), never a client's.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Helpers shared by every script.
+const PRELUDE: &str = r#"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- Extends a key's TTL to at least `ms`, never shortens it; leaves absent keys alone.
+local function keep(key, ms)
+  local t = redis.call('PTTL', key)
+  if t == -1 or (t >= 0 and t < ms) then redis.call('PEXPIRE', key, ms) end
+end
+-- Moves every element of `from` into `to` (pushed on `side`); returns how many.
+local function drain(from, to, side)
+  local n = 0
+  while redis.call('LMOVE', from, to, 'LEFT', side) do n = n + 1 end
+  return n
+end
+"#;
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}{body}"))
+}
+
+/// Fast path: take one token into the holder's list if its lease is valid.
+/// KEYS: pool, held, leases. ARGV: holder, ttl_ms.
+/// Returns 1 taken, 0 pool empty, -1 lease gone or expired.
+pub(crate) static TAKE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local e = redis.call('ZSCORE', KEYS[3], ARGV[1])
+if not e or tonumber(e) <= now_ms() then return -1 end
+if not redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') then return 0 end
+keep(KEYS[2], tonumber(ARGV[2]))
+return 1
+"#,
+    )
+});
+
+/// Give one token back from the holder's list to the pool.
+/// KEYS: pool, held. ARGV: pool ttl_ms (0: the pool keeps no TTL), side.
+/// Returns 1 given back, 0 the holder's list was empty (reclaimed).
+pub(crate) static GIVE_BACK: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if not redis.call('LMOVE', KEYS[2], KEYS[1], 'LEFT', ARGV[2]) then return 0 end
+local ms = tonumber(ARGV[1])
+if ms > 0 then keep(KEYS[1], ms) end
+return 1
+"#,
+    )
+});
+
+/// Start a holder's lease. KEYS: leases. ARGV: holder, ttl_ms.
+pub(crate) static REGISTER: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local ms = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now_ms() + ms, ARGV[1])
+keep(KEYS[1], ms)
+return 1
+"#,
+    )
+});
+
+/// Renew the leases of this handle's holders and keep the primitive's keys alive.
+/// A holder whose lease expired is reclaimed on the spot (its tokens go back).
+/// KEYS: leases, graves, pool, meta (or pool again), held_1..held_n.
+/// ARGV: ttl_ms, keep_pool (1/0), grave_ms, side, holder_1..holder_n.
+/// Returns {meta_ok, {status_i (1 renewed, 0 lost)}, {expired holders}, {graves}}.
+pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local ms = tonumber(ARGV[1])
+local grave = tonumber(ARGV[3])
+local now = now_ms()
+local status = {}
+for i = 1, #ARGV - 4 do
+  local h = ARGV[4 + i]
+  local held = KEYS[4 + i]
+  local e = redis.call('ZSCORE', KEYS[1], h)
+  if e and tonumber(e) > now then
+    redis.call('ZADD', KEYS[1], 'XX', now + ms, h)
+    keep(held, ms)
+    status[i] = 1
+  else
+    if e then
+      drain(held, KEYS[3], ARGV[4])
+      redis.call('ZREM', KEYS[1], h)
+      redis.call('ZADD', KEYS[2], now + grave, h)
+    end
+    status[i] = 0
+  end
+end
+keep(KEYS[1], ms)
+keep(KEYS[2], math.max(ms, grave))
+local meta_ok = 1
+if ARGV[2] == '1' then
+  keep(KEYS[3], ms)
+  keep(KEYS[4], ms)
+  if redis.call('HEXISTS', KEYS[4], 'count') == 0 then meta_ok = 0 end
+end
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 64)
+local graves = redis.call('ZRANGE', KEYS[2], 0, 63)
+return {meta_ok, status, expired, graves}
+"#,
+    )
+});
+
+/// Give back every token of expired holders (and of the first `force` holders, whatever
+/// their lease), then watch their lists as "graves" for a while, so that a blocking move
+/// still in flight for them when they were reclaimed is given back too.
+/// KEYS: leases, graves, pool, held_1..held_n. ARGV: pool ttl_ms (0: none), grave_ms,
+/// side, force, holder_1..holder_n. Returns how many tokens went back.
+pub(crate) static RECLAIM: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local ms = tonumber(ARGV[1])
+local grave = tonumber(ARGV[2])
+local force = tonumber(ARGV[4])
+local now = now_ms()
+local moved = 0
+for i = 1, #ARGV - 4 do
+  local h = ARGV[4 + i]
+  local held = KEYS[3 + i]
+  local e = redis.call('ZSCORE', KEYS[1], h)
+  if e then
+    if i <= force or tonumber(e) <= now then
+      moved = moved + drain(held, KEYS[3], ARGV[3])
+      redis.call('ZREM', KEYS[1], h)
+      redis.call('ZADD', KEYS[2], now + grave, h)
+    end
+  else
+    local g = redis.call('ZSCORE', KEYS[2], h)
+    if g then
+      moved = moved + drain(held, KEYS[3], ARGV[3])
+      if tonumber(g) <= now then redis.call('ZREM', KEYS[2], h) end
+    end
+  end
+end
+if moved > 0 and ms > 0 then keep(KEYS[3], ms) end
+keep(KEYS[2], grave)
+return moved
+"#,
+    )
+});
+
+/// Create the permit pool, or validate it. Never re-creates a full pool while permits are
+/// held: the permits recorded in holders' lists are subtracted.
+/// KEYS: meta, pool, leases, held_1..held_n (the lease holders seen by the caller).
+/// ARGV: count, token, ttl_ms, holder_1..holder_n.
+/// Returns the count in Redis, or -1 when the holders changed meanwhile (call again).
+pub(crate) static INIT: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local ms = tonumber(ARGV[3])
+local c = redis.call('HGET', KEYS[1], 'count')
+if c then
+  keep(KEYS[1], ms)
+  keep(KEYS[2], ms)
+  return tonumber(c)
+end
+local members = #ARGV - 3
+if redis.call('ZCARD', KEYS[3]) ~= members then return -1 end
+local held = 0
+for i = 1, members do
+  if not redis.call('ZSCORE', KEYS[3], ARGV[3 + i]) then return -1 end
+  held = held + redis.call('LLEN', KEYS[3 + i])
+end
+local count = tonumber(ARGV[1])
+local want = math.max(count - held, 0)
+local free = redis.call('LLEN', KEYS[2])
+if free < want then
+  local t = {}
+  for i = 1, want - free do t[i] = ARGV[2] end
+  redis.call('RPUSH', KEYS[2], unpack(t))
+elseif free > want then
+  if want == 0 then redis.call('DEL', KEYS[2]) else redis.call('LTRIM', KEYS[2], 0, want - 1) end
+end
+redis.call('HSET', KEYS[1], 'count', count)
+keep(KEYS[1], ms)
+keep(KEYS[2], ms)
+keep(KEYS[3], ms)
+return count
+"#,
+    )
+});

@@ -1,0 +1,540 @@
+//! The distributed counting semaphore.
+
+use std::marker::PhantomData;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::engine::{Engine, Kind};
+use crate::options::Options;
+use crate::runtime::{self, Runtime};
+use crate::{init, Error, InitStrategy, KeyLayout, Permit, Result, SemaphoreState};
+
+/// The default key prefix of semaphores, as in redsync 2.0.
+pub const DEFAULT_SEMAPHORE_PREFIX: &str = "redsync:semaphore";
+
+/// A counting semaphore shared by every process that uses the same Redis and name.
+///
+/// At no instant do more than `count` holders hold a permit while their leases are valid,
+/// and every permit is always either free in Redis or recorded as held by a holder whose
+/// lease, once expired, lets any client reclaim it.
+///
+/// Each handle renews its leases from a background task on its runtime `R`. Many tasks can
+/// share one handle (it is `Sync`; wrap it in an `Arc`); waiting tasks of one handle queue
+/// locally, first come first served, on a few blocking connections.
+///
+/// # Examples
+///
+/// ```no_run
+/// use redis_sync::{Semaphore, Tokio};
+///
+/// # async fn demo() -> redis_sync::Result<()> {
+/// let client = redis::Client::open("redis://127.0.0.1/")?;
+/// let sem = Semaphore::<Tokio>::create(&client, "exports", 3).await?;
+/// let permit = sem.acquire().await?;
+/// // at most 3 holders across every process are here
+/// permit.release().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Semaphore<R: Runtime> {
+    engine: Arc<Engine<R>>,
+}
+
+impl<R: Runtime> Semaphore<R> {
+    /// Creates the semaphore with `count` permits, or joins it if it exists with the same
+    /// count. Idempotent across processes. Uses the default options; see
+    /// [`Semaphore::builder`] for the others.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CountOutOfRange`] unless `1 <= count <= 4096`; [`Error::CountMismatch`] when
+    /// it exists with another count; [`Error::Redis`]; [`Error::NoRuntime`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping it leaves at most a lease that expires by itself.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redis::Client) -> redis_sync::Result<()> {
+    /// let sem = redis_sync::Semaphore::<redis_sync::Tokio>::create(&client, "jobs", 5).await?;
+    /// assert_eq!(sem.count(), 5);
+    /// # Ok(()) }
+    /// ```
+    pub async fn create(client: &redis::Client, name: &str, count: u32) -> Result<Self> {
+        Self::builder(client, name).create(count).await
+    }
+
+    /// Joins a semaphore that a creator set up, learning its count; waits up to `timeout`
+    /// for it to exist (`None`: forever).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when it does not appear in time; [`Error::Redis`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn demo(client: redis::Client) -> redis_sync::Result<()> {
+    /// let sem = redis_sync::Semaphore::<redis_sync::Tokio>::attach(
+    ///     &client, "jobs", Some(Duration::from_secs(60))).await?;
+    /// println!("{} permits", sem.count());
+    /// # Ok(()) }
+    /// ```
+    pub async fn attach(
+        client: &redis::Client,
+        name: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Self> {
+        Self::builder(client, name).attach(timeout).await
+    }
+
+    /// Options beyond the defaults: lease, init strategy, key prefix and layout, blocking
+    /// connections, local handoff.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// use redis_sync::{InitStrategy, KeyLayout, Semaphore, Tokio};
+    /// # async fn demo(client: redis::Client) -> redis_sync::Result<()> {
+    /// let sem = Semaphore::<Tokio>::builder(&client, "jobs")
+    ///     .lease_ttl(Duration::from_secs(30))
+    ///     .init_strategy(InitStrategy::OptimisticLocking)
+    ///     .key_layout(KeyLayout::Redsync2)
+    ///     .create(4)
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder(client: &redis::Client, name: &str) -> SemaphoreBuilder<R> {
+        SemaphoreBuilder {
+            client: client.clone(),
+            opts: Options::new(name, DEFAULT_SEMAPHORE_PREFIX),
+            _runtime: PhantomData,
+        }
+    }
+
+    /// The number of permits (redsync's `get_count`), known since `create`/`attach`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(sem: redis_sync::Semaphore<redis_sync::Tokio>) {
+    /// println!("{}", sem.count());
+    /// # }
+    /// ```
+    pub fn count(&self) -> u32 {
+        self.engine.count.load(Ordering::Acquire)
+    }
+
+    /// Waits for a permit, as long as it takes.
+    ///
+    /// Takes a free permit in one round trip; otherwise queues behind this handle's earlier
+    /// waiters while a blocking connection waits on Redis (no polling).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`], [`Error::Redis`] (Redis unreachable), [`Error::LeaseLost`] (the
+    /// handle's lease could not be kept).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: if dropped, no permit is taken, and a permit granted at that instant goes
+    /// to the next waiter or back to Redis.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(sem: redis_sync::Semaphore<redis_sync::Tokio>) -> redis_sync::Result<()> {
+    /// let _permit = sem.acquire().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn acquire(&self) -> Result<Permit<R>> {
+        Ok(Permit::new(self.engine.take().await?))
+    }
+
+    /// Waits for a permit for at most `timeout`, enforced on the client (also below the
+    /// Redis timer resolution).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`], and those of [`Semaphore::acquire`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, like [`Semaphore::acquire`]; a timeout that races a grant gives the
+    /// permit back.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn demo(sem: redis_sync::Semaphore<redis_sync::Tokio>) -> redis_sync::Result<()> {
+    /// match sem.acquire_timeout(Duration::from_secs(2)).await {
+    ///     Ok(permit) => permit.release().await?,
+    ///     Err(redis_sync::Error::Timeout(_)) => println!("busy"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn acquire_timeout(&self, timeout: Duration) -> Result<Permit<R>> {
+        match runtime::timeout(&self.engine.rt, timeout, self.acquire()).await {
+            Some(res) => res,
+            None => {
+                self.engine.kick_reclaim();
+                Err(Error::Timeout(timeout))
+            }
+        }
+    }
+
+    /// Takes a permit if one is free now; `Ok(None)` if not. One round trip.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`], [`Error::Redis`], [`Error::LeaseLost`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a permit taken for a dropped call is given back.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(sem: redis_sync::Semaphore<redis_sync::Tokio>) -> redis_sync::Result<()> {
+    /// if let Some(permit) = sem.try_acquire().await? {
+    ///     permit.release().await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn try_acquire(&self) -> Result<Option<Permit<R>>> {
+        Ok(self.engine.try_take().await?.map(Permit::new))
+    }
+
+    /// Gives back one permit kept with [`Permit::forget`] (redsync's `release()`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotAcquired`] when this handle holds no such permit; [`Error::LeaseLost`];
+    /// [`Error::Redis`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: once started, the release completes in the background.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(sem: redis_sync::Semaphore<redis_sync::Tokio>) -> redis_sync::Result<()> {
+    /// sem.acquire().await?.forget();
+    /// sem.release().await?;
+    /// assert!(matches!(sem.release().await, Err(redis_sync::Error::NotAcquired)));
+    /// # Ok(()) }
+    /// ```
+    pub async fn release(&self) -> Result<()> {
+        let held = self.engine.take_detached().ok_or(Error::NotAcquired)?;
+        held.release().await
+    }
+
+    /// Stops the lease watchdog at once and fails this handle's waiting and future acquires
+    /// with [`Error::Closed`]. Permits still held keep their lease until it expires
+    /// (nobody renews it), then other clients reclaim them; release them first.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(sem: redis_sync::Semaphore<redis_sync::Tokio>) {
+    /// sem.close();
+    /// assert!(sem.is_closed());
+    /// # }
+    /// ```
+    pub fn close(&self) {
+        self.engine.close();
+    }
+
+    /// True after [`Semaphore::close`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(sem: redis_sync::Semaphore<redis_sync::Tokio>) {
+    /// assert!(!sem.is_closed());
+    /// # }
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        self.engine.is_closed()
+    }
+
+    /// What Redis records for this semaphore: count, free permits, and each holder with its
+    /// permits and remaining lease (server clock).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Redis`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(sem: redis_sync::Semaphore<redis_sync::Tokio>) -> redis_sync::Result<()> {
+    /// let state = sem.inspect().await?;
+    /// println!("{state:#?}");
+    /// # Ok(()) }
+    /// ```
+    pub async fn inspect(&self) -> Result<SemaphoreState> {
+        let mut conn = self.engine.conn.clone();
+        crate::inspect::inspect(&mut conn, &self.engine.cfg.keys).await
+    }
+}
+
+/// Builds a [`Semaphore`] with options; from [`Semaphore::builder`].
+///
+/// # Examples
+///
+/// ```no_run
+/// # use std::time::Duration;
+/// # async fn demo(client: redis::Client) -> redis_sync::Result<()> {
+/// let sem = redis_sync::Semaphore::<redis_sync::Tokio>::builder(&client, "jobs")
+///     .key_prefix("myapp:sem")
+///     .lease_ttl(Duration::from_secs(20))
+///     .create(2)
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+#[must_use = "a builder does nothing until create() or attach()"]
+pub struct SemaphoreBuilder<R: Runtime> {
+    client: redis::Client,
+    opts: Options,
+    _runtime: PhantomData<fn() -> R>,
+}
+
+impl<R: Runtime> SemaphoreBuilder<R> {
+    /// The lease of each holder, and the TTL of the keys when every client is gone
+    /// (default 300 s, at least 100 ms). Renewed every `lease_ttl / 3` (±20% jitter).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redis::Client) {
+    /// let b = redis_sync::Semaphore::<redis_sync::Tokio>::builder(&client, "jobs")
+    ///     .lease_ttl(std::time::Duration::from_secs(10));
+    /// # }
+    /// ```
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.opts.lease_ttl = ttl;
+        self
+    }
+
+    /// How the pool is created the first time (default [`InitStrategy::Lua`]).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redis::Client) {
+    /// let b = redis_sync::Semaphore::<redis_sync::Tokio>::builder(&client, "jobs")
+    ///     .init_strategy(redis_sync::InitStrategy::OptimisticLocking);
+    /// # }
+    /// ```
+    pub fn init_strategy(mut self, strategy: InitStrategy) -> Self {
+        self.opts.init = strategy;
+        self
+    }
+
+    /// The key prefix (default `redsync:semaphore`; a trailing `:` is ignored).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redis::Client) {
+    /// let b = redis_sync::Semaphore::<redis_sync::Tokio>::builder(&client, "jobs")
+    ///     .key_prefix("myapp:sem");
+    /// # }
+    /// ```
+    pub fn key_prefix(mut self, prefix: &str) -> Self {
+        self.opts.key_prefix = prefix.to_owned();
+        self
+    }
+
+    /// Hash-tagged keys (default) or redsync 2.0's exact key names.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redis::Client) {
+    /// let b = redis_sync::Semaphore::<redis_sync::Tokio>::builder(&client, "jobs")
+    ///     .key_layout(redis_sync::KeyLayout::Redsync2);
+    /// # }
+    /// ```
+    pub fn key_layout(mut self, layout: KeyLayout) -> Self {
+        self.opts.key_layout = layout;
+        self
+    }
+
+    /// At most this many dedicated connections block on Redis for this handle's waiters,
+    /// however many tasks wait (default 4, at least 1).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redis::Client) {
+    /// let b = redis_sync::Semaphore::<redis_sync::Tokio>::builder(&client, "jobs")
+    ///     .max_blocking_connections(2);
+    /// # }
+    /// ```
+    pub fn max_blocking_connections(mut self, n: usize) -> Self {
+        self.opts.max_blocking = n;
+        self
+    }
+
+    /// How many times in a row a released permit may go straight to a waiting task of the
+    /// same handle, without a Redis round trip, before it must go back through Redis where
+    /// other processes' waiters get their turn (default 16; 0 disables local handoff).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redis::Client) {
+    /// let b = redis_sync::Semaphore::<redis_sync::Tokio>::builder(&client, "jobs")
+    ///     .local_handoff_limit(0);
+    /// # }
+    /// ```
+    pub fn local_handoff_limit(mut self, n: u32) -> Self {
+        self.opts.handoff_limit = n;
+        self
+    }
+
+    /// Response timeout of the shared connection (default 5 s). Blocking waits use their
+    /// own connections, which have none.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redis::Client) {
+    /// let b = redis_sync::Semaphore::<redis_sync::Tokio>::builder(&client, "jobs")
+    ///     .response_timeout(std::time::Duration::from_secs(2));
+    /// # }
+    /// ```
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.opts.response_timeout = timeout;
+        self
+    }
+
+    /// Creates the semaphore with `count` permits or validates that it has that count.
+    ///
+    /// # Errors
+    ///
+    /// As [`Semaphore::create`], plus [`Error::InvalidArgument`] for a bad option.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redis::Client) -> redis_sync::Result<()> {
+    /// let sem = redis_sync::Semaphore::<redis_sync::Tokio>::builder(&client, "jobs")
+    ///     .create(3)
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn create(self, count: u32) -> Result<Semaphore<R>> {
+        if !crate::error::COUNT_RANGE.contains(&i64::from(count)) {
+            return Err(Error::CountOutOfRange(i64::from(count)));
+        }
+        let engine = Engine::<R>::start(&self.client, self.opts.config(Kind::Semaphore)?).await?;
+        let actual = match init::ensure_pool(&engine, count).await {
+            Ok(actual) => actual,
+            Err(e) => {
+                engine.close();
+                return Err(e);
+            }
+        };
+        if actual != count {
+            engine.close();
+            return Err(Error::CountMismatch {
+                requested: count,
+                actual,
+            });
+        }
+        Self::ready(engine, count).await
+    }
+
+    /// Joins an existing semaphore, waiting up to `timeout` (`None`: forever) for its
+    /// creator.
+    ///
+    /// # Errors
+    ///
+    /// As [`Semaphore::attach`], plus [`Error::InvalidArgument`] for a bad option.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redis::Client) -> redis_sync::Result<()> {
+    /// let sem = redis_sync::Semaphore::<redis_sync::Tokio>::builder(&client, "jobs")
+    ///     .attach(None)
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn attach(self, timeout: Option<Duration>) -> Result<Semaphore<R>> {
+        let engine = Engine::<R>::start(&self.client, self.opts.config(Kind::Semaphore)?).await?;
+        let count = match init::wait_for_count(&engine, timeout).await {
+            Ok(c) => c,
+            Err(e) => {
+                engine.close();
+                return Err(e);
+            }
+        };
+        Self::ready(engine, count).await
+    }
+
+    /// Reads the state of the semaphore without joining it (no lease, no watchdog).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Redis`], [`Error::InvalidArgument`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redis::Client) -> redis_sync::Result<()> {
+    /// let state = redis_sync::Semaphore::<redis_sync::Tokio>::builder(&client, "jobs")
+    ///     .inspect()
+    ///     .await?;
+    /// println!("{} holders", state.holders.len());
+    /// # Ok(()) }
+    /// ```
+    pub async fn inspect(self) -> Result<SemaphoreState> {
+        let cfg = self.opts.config(Kind::Semaphore)?;
+        let mut conn = self.client.get_multiplexed_async_connection().await?;
+        crate::inspect::inspect(&mut conn, &cfg.keys).await
+    }
+
+    async fn ready(engine: Arc<Engine<R>>, count: u32) -> Result<Semaphore<R>> {
+        engine.count.store(count, Ordering::Release);
+        // Start the lease now, so that the first acquire costs one round trip.
+        if let Err(e) = engine.current_gen().await {
+            engine.close();
+            return Err(e);
+        }
+        Ok(Semaphore { engine })
+    }
+}

@@ -1,0 +1,16 @@
+//! Test support shared by every test file.
+
+#![allow(dead_code)]
+
+pub mod server;
+
+pub use server::{redis_url, RedisServer};
+
+/// A key prefix of its own for each test, so tests run in parallel safely.
+pub fn unique_prefix(test: &str) -> String {
+    format!("test:{test}:{:08x}", fastrand::u32(..))
+}
+
+pub fn client() -> redis::Client {
+    redis::Client::open(redis_url()).expect("bad REDIS_URL")
+}
