@@ -192,6 +192,7 @@ impl<R: Runtime> Engine<R> {
                 }
                 Ok(None) => {
                     gen.end_call();
+                    self.maybe_retire(&gen);
                     conn = Some(c);
                     failures = 0;
                     self.kick_reclaim();
@@ -224,16 +225,19 @@ impl<R: Runtime> Engine<R> {
         if held.gen.is_lost() || self.is_closed() {
             return Some(held);
         }
-        let mut st = self.state();
-        while let Some(w) = st.waiters.pop_front() {
-            match w.send(Ok(held)) {
+        loop {
+            // Never send under the state lock: a value that cannot be delivered may be
+            // dropped by the channel, and dropping a token takes that lock.
+            let Some(waiter) = self.state().waiters.pop_front() else {
+                return Some(held);
+            };
+            match waiter.send(Ok(held)) {
                 Ok(()) => return None,
                 Err(Ok(back)) => held = back,
                 // We sent `Ok`, so the value handed back is `Ok` too.
                 Err(Err(_)) => return None,
             }
         }
-        Some(held)
     }
 
     /// Gives a token back: to a local waiter when fairness allows, else to Redis.
