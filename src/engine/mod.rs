@@ -39,6 +39,8 @@ const GRAVE: Duration = Duration::from_secs(60);
 /// The longest single blocking wait on the server; waits longer than this are re-issued,
 /// which also lets a waiting client notice expired holders.
 const MAX_BLOCK: Duration = Duration::from_secs(2);
+/// Attempts to retire a generation before leaving it to lease expiry.
+const RETIRE_ATTEMPTS: usize = 5;
 
 /// What the pool holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -269,11 +271,22 @@ impl<R: Runtime> Engine<R> {
         if gen.is_lost() {
             return;
         }
-        let call = lease::reclaim_call(self, vec![gen.id.clone()], 1);
+        let engine_rt = self.rt.clone();
+        let ids = vec![gen.id.clone()];
+        let calls: Vec<_> = (0..RETIRE_ATTEMPTS)
+            .map(|_| lease::reclaim_call(self, ids.clone(), 1))
+            .collect();
         self.rt.spawn(async move {
-            // On failure the lease is no longer renewed: it expires and any live client
-            // reclaims what is left.
-            let _ = call.await;
+            // Retried while the connection recovers; if every attempt fails, the lease is no
+            // longer renewed: it expires and any live client reclaims what is left.
+            let mut delay = Duration::from_millis(50);
+            for call in calls {
+                if call.await.is_ok() {
+                    return;
+                }
+                engine_rt.sleep(delay).await;
+                delay *= 2;
+            }
         });
     }
 

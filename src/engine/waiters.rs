@@ -37,7 +37,7 @@ impl<R: Runtime> Engine<R> {
 
     /// Takes a token if one is free now: one round trip.
     pub(crate) async fn try_take(self: &Arc<Self>) -> Result<Option<Held<R>>> {
-        for _ in 0..LEASE_RETRIES {
+        for attempt in 0..LEASE_RETRIES {
             let gen = self.current_gen().await?;
             let mut conn = self.conn.clone();
             let (pool, held_key, leases) = (
@@ -65,7 +65,12 @@ impl<R: Runtime> Engine<R> {
             })
             .await;
             match self.settle_take(&gen, reply) {
+                // A new lease, or after a dropped connection a new generation (the old one
+                // gives back what it may have taken once drained): try again.
                 Err(Error::LeaseLost) => continue,
+                Err(Error::Redis(e)) if attempt + 1 < LEASE_RETRIES && is_connection_error(&e) => {
+                    continue
+                }
                 other => return other,
             }
         }
@@ -216,7 +221,7 @@ impl<R: Runtime> Engine<R> {
     /// Hands a token the pump got to the longest local waiter, or gives it back.
     async fn deliver(self: &Arc<Self>, held: Held<R>) {
         if let Some(held) = self.hand_to_waiter(held) {
-            let _ = self.give_back(held).await;
+            let _ = self.give_back(held.disarm().1).await;
         }
     }
 
@@ -244,16 +249,20 @@ impl<R: Runtime> Engine<R> {
     pub(crate) async fn release_held(self: &Arc<Self>, held: Held<R>) -> Result<()> {
         match self.handoff(held) {
             None => Ok(()),
-            Some(held) => self.give_back(held).await,
+            Some(held) => self.give_back(held.disarm().1).await,
         }
     }
 
     /// Drop-time release: never blocks; what needs Redis runs on the runtime.
     pub(crate) fn release_in_background(self: &Arc<Self>, held: Held<R>) {
         if let Some(held) = self.handoff(held) {
+            // Disarmed before spawning: if the runtime is shutting down and drops the task
+            // unrun, nothing re-enters here; the lease then expires and the permit is
+            // reclaimed by another client.
+            let gen = held.disarm().1;
             let engine = self.clone();
             self.rt.spawn(async move {
-                let _ = engine.give_back(held).await;
+                let _ = engine.give_back(gen).await;
             });
         }
     }
@@ -275,11 +284,11 @@ impl<R: Runtime> Engine<R> {
         Some(held)
     }
 
-    /// Moves the token from the holder's list back to the pool in Redis.
-    pub(crate) async fn give_back(self: &Arc<Self>, held: Held<R>) -> Result<()> {
+    /// Moves one token of `gen` (already disarmed by the caller, still counted as
+    /// outstanding) from the holder's list back to the pool in Redis.
+    pub(crate) async fn give_back(self: &Arc<Self>, gen: Arc<Generation>) -> Result<()> {
         // Even for a lost lease the move is attempted: a blocking move that landed after the
         // reclaim left a token there that belongs to nobody.
-        let (_, gen, _) = held.disarm();
         let mut conn = self.conn.clone();
         let (pool, held_key) = (self.cfg.keys.pool.clone(), gen.held_key.clone());
         let ttl = if self.keep_pool_ttl() {
@@ -327,6 +336,6 @@ impl<R: Runtime> Engine<R> {
     }
 }
 
-fn is_connection_error(e: &redis::RedisError) -> bool {
+pub(crate) fn is_connection_error(e: &redis::RedisError) -> bool {
     e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
 }
