@@ -154,7 +154,10 @@ impl<R: Runtime> Event<R> {
     pub async fn wait_timeout(&self, timeout: Duration) -> Result<()> {
         match runtime::timeout(&self.engine.rt, timeout, self.wait()).await {
             Some(res) => res,
-            None => Err(Error::Timeout(timeout)),
+            None => {
+                self.engine.settle_cut_waits().await;
+                Err(Error::Timeout(timeout))
+            }
         }
     }
 

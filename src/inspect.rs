@@ -71,12 +71,8 @@ where
     C: redis::aio::ConnectionLike + Send,
 {
     let meta = keys.meta.as_deref().unwrap_or(&keys.pool);
-    let ((secs, micros), count, free, leases): (
-        (u64, u64),
-        Option<u32>,
-        usize,
-        Vec<(String, f64)>,
-    ) = redis::pipe()
+    type Snapshot = ((u64, u64), Option<u32>, usize, Vec<(String, f64)>);
+    let ((secs, micros), count, free, leases): Snapshot = redis::pipe()
         .cmd("TIME")
         .hget(meta, "count")
         .llen(&keys.pool)

@@ -170,7 +170,9 @@ impl<R: Runtime> Semaphore<R> {
     /// # Cancel safety
     ///
     /// Cancel safe, like [`Semaphore::acquire`]; a timeout that races a grant gives the
-    /// permit back.
+    /// permit back. On a timeout it returns once this handle's cut-short blocking waits
+    /// have given back anything they got, so a permit released after the timeout is free
+    /// for everyone at once.
     ///
     /// # Examples
     ///
@@ -188,6 +190,7 @@ impl<R: Runtime> Semaphore<R> {
         match runtime::timeout(&self.engine.rt, timeout, self.acquire()).await {
             Some(res) => res,
             None => {
+                self.engine.settle_cut_waits().await;
                 self.engine.kick_reclaim();
                 Err(Error::Timeout(timeout))
             }

@@ -65,6 +65,26 @@ pub(crate) struct Config {
 
 type Waiter<R> = oneshot::Sender<Result<Held<R>>>;
 
+/// Resolves once a pump has dealt with the reply of a blocking wait.
+pub(crate) type Settled = futures::future::Shared<oneshot::Receiver<()>>;
+
+/// A pump blocked in Redis.
+#[derive(Debug)]
+pub(crate) struct Blocked {
+    ticket: u64,
+    /// Fired (or dropped) to cut the wait short.
+    switch: oneshot::Sender<()>,
+    settled: Settled,
+}
+
+/// A dedicated connection for blocking waits and its `CLIENT ID`, by which another
+/// connection can cut a wait short (`CLIENT UNBLOCK`).
+#[derive(Debug)]
+pub(crate) struct BlockingConn {
+    pub conn: MultiplexedConnection,
+    pub id: i64,
+}
+
 #[derive(Debug)]
 struct State<R: Runtime> {
     /// The generation new grants go to.
@@ -75,8 +95,12 @@ struct State<R: Runtime> {
     waiters: VecDeque<Waiter<R>>,
     /// Running waiter pumps.
     pumps: usize,
-    /// Dedicated blocking connections not in use.
-    idle: Vec<MultiplexedConnection>,
+    /// Pumps blocked in Redis right now, each with the switch that cuts its wait short.
+    blocked: Vec<Blocked>,
+    /// Waits cut short whose outcome (a token given back, or none) has not landed yet.
+    settling: Vec<Settled>,
+    /// Dedicated blocking connections not in use, with their Redis client ids.
+    idle: Vec<BlockingConn>,
     /// One entry per detached permit (`Permit::forget`), newest last.
     detached: Vec<Arc<Generation>>,
     /// Stops the watchdog.
@@ -94,6 +118,8 @@ pub(crate) struct Engine<R: Runtime> {
     pub count: AtomicU32,
     holder_base: String,
     next_gen: AtomicU64,
+    /// Numbers the blocking waits, to find a pump's switch again.
+    next_block: AtomicU64,
     closed: AtomicBool,
     /// Milliseconds since `started` of the last reclaim pass a waiter asked for.
     last_kick: AtomicU64,
@@ -140,6 +166,7 @@ impl<R: Runtime> Engine<R> {
             count: AtomicU32::new(0),
             holder_base: format!("{:016x}", fastrand::u64(..)),
             next_gen: AtomicU64::new(0),
+            next_block: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             last_kick: AtomicU64::new(0),
             started: Instant::now(),
@@ -149,6 +176,8 @@ impl<R: Runtime> Engine<R> {
                 gens: Vec::new(),
                 waiters: VecDeque::new(),
                 pumps: 0,
+                blocked: Vec::new(),
+                settling: Vec::new(),
                 idle: Vec::new(),
                 detached: Vec::new(),
                 stop_watchdog: Some(stop_tx),
@@ -303,6 +332,8 @@ impl<R: Runtime> Engine<R> {
             }
             st.current = None;
             st.idle.clear();
+            // Dropping the switches cuts every blocked pump's wait short.
+            st.blocked.clear();
             (std::mem::take(&mut st.waiters), st.gens.clone())
         };
         for w in waiters {
@@ -348,17 +379,22 @@ impl<R: Runtime> Engine<R> {
     }
 
     /// A dedicated connection with no response timeout, for blocking waits only.
-    async fn blocking_conn(&self) -> Result<MultiplexedConnection> {
+    async fn blocking_conn(&self) -> Result<BlockingConn> {
         if let Some(c) = self.state().idle.pop() {
             return Ok(c);
         }
         let cfg = AsyncConnectionConfig::new()
             .set_response_timeout(None)
             .set_connection_timeout(Some(self.cfg.response_timeout));
-        Ok(self
+        let mut conn = self
             .client
             .get_multiplexed_async_connection_with_config(&cfg)
-            .await?)
+            .await?;
+        let id: i64 = redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async(&mut conn)
+            .await?;
+        Ok(BlockingConn { conn, id })
     }
 }
 

@@ -8,10 +8,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::Ordering;
+
 use futures::channel::oneshot;
+use futures::future::{select, Either, FutureExt};
 use redis::RedisResult;
 
-use super::{Detachable, Engine, Generation, Held, Kind, MAX_BLOCK};
+use super::{
+    Blocked, BlockingConn, Detachable, Engine, Generation, Held, Kind, Settled, MAX_BLOCK,
+};
 use crate::runtime::Runtime;
 use crate::scripts::{GIVE_BACK, TAKE};
 use crate::{Error, Result};
@@ -27,8 +32,11 @@ impl<R: Runtime> Engine<R> {
                 return Ok(held);
             }
         }
-        let rx = self.enqueue();
-        match rx.await {
+        let mut ticket = Ticket {
+            engine: self,
+            rx: self.enqueue(),
+        };
+        match (&mut ticket.rx).await {
             Ok(res) => res,
             // The pumps never drop a waiter unanswered unless the engine is closing.
             Err(_) => Err(Error::Closed),
@@ -142,7 +150,7 @@ impl<R: Runtime> Engine<R> {
 
     /// Blocks on Redis for local waiters until there are none.
     async fn pump(self: Arc<Self>) {
-        let mut conn = None;
+        let mut conn: Option<BlockingConn> = None;
         let mut failures = 0u32;
         let block = MAX_BLOCK
             .min(self.cfg.lease / 4)
@@ -179,14 +187,7 @@ impl<R: Runtime> Engine<R> {
                 },
             };
             gen.begin_call();
-            let reply: RedisResult<Option<String>> = redis::cmd("BLMOVE")
-                .arg(&self.cfg.keys.pool)
-                .arg(&gen.held_key)
-                .arg("LEFT")
-                .arg("RIGHT")
-                .arg(block.as_secs_f64())
-                .query_async(&mut c)
-                .await;
+            let (reply, _settled) = self.block_once(&mut c, &gen, block).await;
             match reply {
                 Ok(Some(_)) => {
                     let held = Held::new(self.clone(), gen.clone(), 0);
@@ -218,6 +219,77 @@ impl<R: Runtime> Engine<R> {
         }
     }
 
+    /// One `BLMOVE pool -> held list`. When the local waiters it blocks for are all gone,
+    /// the wait is cut short with `CLIENT UNBLOCK` from the shared connection, so that it
+    /// does not take a permit nobody here wants; the reply (a token or nil) still arrives,
+    /// so the outcome stays known.
+    async fn block_once(
+        &self,
+        c: &mut BlockingConn,
+        gen: &Generation,
+        block: Duration,
+    ) -> (RedisResult<Option<String>>, oneshot::Sender<()>) {
+        let (switch, cut) = oneshot::channel();
+        let (settled_tx, settled) = oneshot::channel();
+        let ticket = self.next_block.fetch_add(1, Ordering::Relaxed);
+        self.state().blocked.push(Blocked {
+            ticket,
+            switch,
+            settled: settled.shared(),
+        });
+        let mut cmd = redis::cmd("BLMOVE");
+        cmd.arg(&self.cfg.keys.pool)
+            .arg(&gen.held_key)
+            .arg("LEFT")
+            .arg("RIGHT")
+            .arg(block.as_secs_f64());
+        let wait = cmd.query_async::<Option<String>>(&mut c.conn);
+        futures::pin_mut!(wait);
+        let reply = match select(wait, cut).await {
+            Either::Left((reply, _)) => reply,
+            Either::Right((_, wait)) => {
+                let mut shared = self.conn.clone();
+                let _: RedisResult<i64> = redis::cmd("CLIENT")
+                    .arg("UNBLOCK")
+                    .arg(c.id)
+                    .query_async(&mut shared)
+                    .await;
+                wait.await
+            }
+        };
+        self.state().blocked.retain(|b| b.ticket != ticket);
+        // The caller drops this once it has delivered or given back what the wait got.
+        (reply, settled_tx)
+    }
+
+    /// Cuts short the waits of pumps beyond the number of local waiters left.
+    fn trim_pumps(&self) {
+        let cut: Vec<_> = {
+            let mut st = self.state();
+            st.waiters.retain(|w| !w.is_canceled());
+            st.settling.retain(|s| s.peek().is_none());
+            let excess = st.blocked.len().saturating_sub(st.waiters.len());
+            let cut: Vec<_> = st.blocked.drain(..excess).collect();
+            st.settling.extend(cut.iter().map(|b| b.settled.clone()));
+            cut
+        };
+        for b in cut {
+            let _ = b.switch.send(());
+        }
+    }
+
+    /// After a timed-out wait: waits until the blocking waits cut short for lack of
+    /// waiters have given back what they got, so that a permit released right after the
+    /// timeout is seen free by everyone (bounded by the response timeout).
+    pub(crate) async fn settle_cut_waits(&self) {
+        self.trim_pumps();
+        let settling: Vec<Settled> = self.state().settling.clone();
+        if !settling.is_empty() {
+            let all = futures::future::join_all(settling);
+            let _ = crate::runtime::timeout(&self.rt, self.cfg.response_timeout, all).await;
+        }
+    }
+
     /// Hands a token the pump got to the longest local waiter, or gives it back.
     async fn deliver(self: &Arc<Self>, held: Held<R>) {
         if let Some(held) = self.hand_to_waiter(held) {
@@ -237,7 +309,10 @@ impl<R: Runtime> Engine<R> {
                 return Some(held);
             };
             match waiter.send(Ok(held)) {
-                Ok(()) => return None,
+                Ok(()) => {
+                    self.trim_pumps();
+                    return None;
+                }
                 Err(Ok(back)) => held = back,
                 // We sent `Ok`, so the value handed back is `Ok` too.
                 Err(Err(_)) => return None,
@@ -338,4 +413,19 @@ impl<R: Runtime> Engine<R> {
 
 pub(crate) fn is_connection_error(e: &redis::RedisError) -> bool {
     e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+}
+
+/// A queued waiter. Dropped before it is served (a timeout, a `select!`), it leaves the
+/// queue and cuts short a blocking wait that no longer has anyone to serve.
+struct Ticket<'a, R: Runtime> {
+    engine: &'a Arc<Engine<R>>,
+    rx: oneshot::Receiver<Result<Held<R>>>,
+}
+
+impl<R: Runtime> Drop for Ticket<'_, R> {
+    fn drop(&mut self) {
+        // A token already sent stays in the channel and is given back when `rx` drops.
+        self.rx.close();
+        self.engine.trim_pumps();
+    }
 }
