@@ -25,8 +25,7 @@ runtime_tests! {
     cancelled_waits_never_swallow => cancelled_waits_never_swallow();
     close_fails_waits => close_fails_waits();
     redsync2_key_layout => redsync2_key_layout();
-    // BUG: a timed-out wait leaves its pump blocked in BLMOVE on the server (up to 2 s),
-    // which diverts the next signal through that ghost's held list: is_set() is briefly
-    // false right after set() although nobody waits.
+    // A timed-out wait must not leave a blocking wait behind that diverts the next
+    // signal: is_set() is true right after set() when nobody waits.
     is_set_after_timed_out_wait => is_set_after_timed_out_wait();
 }

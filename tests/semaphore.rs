@@ -94,10 +94,8 @@ runtime_tests! {
 }
 
 runtime_tests! {
-    // BUG: a timed-out acquire leaves its pump blocked in BLMOVE on the server (up to
-    // 2 s), which diverts the next released permit through that ghost's held list:
-    // try_acquire() on another handle briefly finds no free permit although nobody holds
-    // or waits.
+    // A timed-out acquire must not leave a blocking wait behind that diverts the next
+    // released permit: try_acquire() on another handle finds it free at once.
     try_acquire_after_timed_out_wait_lua => try_acquire_after_timed_out_wait(Lua);
     try_acquire_after_timed_out_wait_optimistic =>
         try_acquire_after_timed_out_wait(OptimisticLocking);
