@@ -107,8 +107,9 @@ impl<R: Runtime> Event<R> {
     /// # Errors
     ///
     /// [`Error::Closed`], [`Error::Redis`]. If Redis fails in the very last step (the
-    /// consume), the signal stays recorded under this waiter's lease and goes back to the
-    /// event, so it is delivered again rather than lost.
+    /// consume), it is unknown whether this call consumed the signal; if it did not, the
+    /// signal is still recorded under this handle and goes back to the event, to be
+    /// delivered to another wait. A signal is never delivered twice.
     ///
     /// # Cancel safety
     ///

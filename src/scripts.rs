@@ -31,7 +31,7 @@ fn script(body: &str) -> Script {
 }
 
 /// Fast path: take one token into the holder's list if its lease is valid.
-/// KEYS: pool, held, leases. ARGV: holder, ttl_ms.
+/// KEYS: pool, held, leases. ARGV: holder, held list TTL in ms (0: none).
 /// Returns 1 taken, 0 pool empty, -1 lease gone or expired.
 pub(crate) static TAKE: LazyLock<Script> = LazyLock::new(|| {
     script(
@@ -39,7 +39,8 @@ pub(crate) static TAKE: LazyLock<Script> = LazyLock::new(|| {
 local e = redis.call('ZSCORE', KEYS[3], ARGV[1])
 if not e or tonumber(e) <= now_ms() then return -1 end
 if not redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') then return 0 end
-keep(KEYS[2], tonumber(ARGV[2]))
+local ms = tonumber(ARGV[2])
+if ms > 0 then keep(KEYS[2], ms) end
 return 1
 "#,
     )
@@ -59,13 +60,12 @@ return 1
     )
 });
 
-/// Start a holder's lease. KEYS: leases. ARGV: holder, ttl_ms.
+/// Start a holder's lease. KEYS: leases. ARGV: holder, lease ms, key TTL ms (0: none).
 pub(crate) static REGISTER: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-local ms = tonumber(ARGV[2])
-redis.call('ZADD', KEYS[1], now_ms() + ms, ARGV[1])
-keep(KEYS[1], ms)
+redis.call('ZADD', KEYS[1], now_ms() + tonumber(ARGV[2]), ARGV[1])
+if tonumber(ARGV[3]) > 0 then keep(KEYS[1], tonumber(ARGV[3])) end
 return 1
 "#,
     )
@@ -73,8 +73,12 @@ return 1
 
 /// Renew the leases of this handle's holders and keep the primitive's keys alive.
 /// A holder whose lease expired is reclaimed on the spot (its tokens go back).
+/// Key TTLs (semaphores only, `expiring` = 1): the pool, metadata and lease set live
+/// `lease` past the last renewal; held lists live `lease + grave`, so that they outlive the
+/// lease they are reclaimed after. Event keys never expire: like a pending signal, a taken
+/// one waits for the next client, however late.
 /// KEYS: leases, graves, pool, meta (or pool again), held_1..held_n.
-/// ARGV: ttl_ms, keep_pool (1/0), grave_ms, side, holder_1..holder_n.
+/// ARGV: lease ms, expiring (1/0), grave_ms, side, holder_1..holder_n.
 /// Returns {meta_ok, {status_i (1 renewed, 0 lost)}, {expired holders}, {graves}}.
 pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
     script(
@@ -89,7 +93,7 @@ for i = 1, #ARGV - 4 do
   local e = redis.call('ZSCORE', KEYS[1], h)
   if e and tonumber(e) > now then
     redis.call('ZADD', KEYS[1], 'XX', now + ms, h)
-    keep(held, ms)
+    if ARGV[2] == '1' then keep(held, ms + grave) end
     status[i] = 1
   else
     if e then
@@ -100,10 +104,10 @@ for i = 1, #ARGV - 4 do
     status[i] = 0
   end
 end
-keep(KEYS[1], ms)
-keep(KEYS[2], math.max(ms, grave))
 local meta_ok = 1
 if ARGV[2] == '1' then
+  keep(KEYS[1], ms)
+  keep(KEYS[2], ms + grave)
   keep(KEYS[3], ms)
   keep(KEYS[4], ms)
   if redis.call('HEXISTS', KEYS[4], 'count') == 0 then meta_ok = 0 end
@@ -118,7 +122,7 @@ return {meta_ok, status, expired, graves}
 /// Give back every token of expired holders (and of the first `force` holders, whatever
 /// their lease), then watch their lists as "graves" for a while, so that a blocking move
 /// still in flight for them when they were reclaimed is given back too.
-/// KEYS: leases, graves, pool, held_1..held_n. ARGV: pool ttl_ms (0: none), grave_ms,
+/// KEYS: leases, graves, pool, held_1..held_n. ARGV: key TTL ms (0: none), grave_ms,
 /// side, force, holder_1..holder_n. Returns how many tokens went back.
 pub(crate) static RECLAIM: LazyLock<Script> = LazyLock::new(|| {
     script(
@@ -146,8 +150,10 @@ for i = 1, #ARGV - 4 do
     end
   end
 end
-if moved > 0 and ms > 0 then keep(KEYS[3], ms) end
-keep(KEYS[2], grave)
+if ms > 0 then
+  if moved > 0 then keep(KEYS[3], ms) end
+  keep(KEYS[2], ms + grave)
+end
 return moved
 "#,
     )

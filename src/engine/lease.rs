@@ -121,11 +121,7 @@ pub(super) fn reclaim_call<R: Runtime>(
     force: usize,
 ) -> impl Future<Output = RedisResult<i64>> + Send + 'static {
     let keys = engine.cfg.keys.clone();
-    let ttl = if engine.keep_pool_ttl() {
-        engine.ttl_ms()
-    } else {
-        0
-    };
+    let ttl = engine.key_ttl_ms();
     let side = engine.give_back_side();
     let mut conn = engine.conn.clone();
     async move {

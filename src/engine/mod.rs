@@ -201,8 +201,29 @@ impl<R: Runtime> Engine<R> {
         self.cfg.kind == Kind::Semaphore
     }
 
+    /// The lease, in ms.
     pub(crate) fn ttl_ms(&self) -> u64 {
         self.cfg.lease.as_millis() as u64
+    }
+
+    /// TTL of the pool, metadata and lease set: a semaphore's keys expire a lease after
+    /// its last client is gone; an event's never do (0).
+    pub(crate) fn key_ttl_ms(&self) -> u64 {
+        if self.keep_pool_ttl() {
+            self.ttl_ms()
+        } else {
+            0
+        }
+    }
+
+    /// TTL of a held list: longer than the lease, so that the list is still there when the
+    /// lease has expired and another client reclaims it (0 for events: never expires).
+    pub(crate) fn held_ttl_ms(&self) -> u64 {
+        if self.keep_pool_ttl() {
+            self.ttl_ms() + GRAVE.as_millis() as u64
+        } else {
+            0
+        }
     }
 
     /// Which end of the pool a token goes back to.
@@ -230,6 +251,7 @@ impl<R: Runtime> Engine<R> {
             .key(&self.cfg.keys.leases)
             .arg(&id)
             .arg(self.ttl_ms())
+            .arg(self.key_ttl_ms())
             .invoke_async(&mut conn)
             .await?;
         let gen = Arc::new(Generation::new(

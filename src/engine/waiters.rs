@@ -53,7 +53,7 @@ impl<R: Runtime> Engine<R> {
                 gen.held_key.clone(),
                 self.cfg.keys.leases.clone(),
             );
-            let (id, ttl) = (gen.id.clone(), self.ttl_ms());
+            let (id, ttl) = (gen.id.clone(), self.held_ttl_ms());
             gen.begin_call();
             let call = async move {
                 TAKE.key(pool)
@@ -366,11 +366,7 @@ impl<R: Runtime> Engine<R> {
         // reclaim left a token there that belongs to nobody.
         let mut conn = self.conn.clone();
         let (pool, held_key) = (self.cfg.keys.pool.clone(), gen.held_key.clone());
-        let ttl = if self.keep_pool_ttl() {
-            self.ttl_ms()
-        } else {
-            0
-        };
+        let ttl = self.key_ttl_ms();
         let side = self.give_back_side();
         gen.begin_call();
         let call = async move {
