@@ -99,7 +99,11 @@ impl<R: Runtime> Engine<R> {
             }
             Ok(_) => Ok(None),
             Err(e) => {
-                gen.mark_dirty();
+                // An error reply means the script ran and failed before its first write;
+                // only a lost reply leaves the outcome unknown.
+                if is_connection_error(&e) {
+                    gen.mark_dirty();
+                }
                 Err(e.into())
             }
         };
@@ -203,13 +207,19 @@ impl<R: Runtime> Engine<R> {
                     failures = 0;
                     self.kick_reclaim();
                 }
+                Err(e) if !is_connection_error(&e) => {
+                    // An error reply (e.g. WRONGTYPE): nothing moved.
+                    gen.end_call();
+                    conn = Some(c);
+                    self.fail_waiters(e.into());
+                }
                 Err(e) => {
                     // Unknown whether the move happened: the generation is retired once
                     // drained, which gives back a token that did move.
                     gen.end_call();
                     self.taint(&gen);
                     failures += 1;
-                    if failures >= 2 || !is_connection_error(&e) {
+                    if failures >= 2 {
                         self.fail_waiters(e.into());
                     } else {
                         self.rt.sleep(Duration::from_millis(20)).await;

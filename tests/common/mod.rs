@@ -4,6 +4,7 @@
 
 pub mod server;
 
+#[allow(unused_imports)]
 pub use server::{redis_url, RedisServer};
 
 /// A key prefix of its own for each test, so tests run in parallel safely.
