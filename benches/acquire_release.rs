@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use redis_sync::Runtime;
-use scenarios::{Handoff, Monitor, Stop};
+use scenarios::{Handoff, Monitor, Release, Stop};
 
 /// What a runtime must offer the benches: running a future to completion from outside.
 trait Exec {
@@ -105,9 +105,16 @@ fn suite<R: Runtime, E: Exec>(c: &mut Criterion, label: &str, exec: &E) {
         .expect("create");
     g.bench_function("seq_1task_count1", |b| {
         b.iter_custom(|iters| {
-            exec.block_on(scenarios::cycle(&rt, &one, 1, Stop::Ops(iters), false))
-                .expect("cycle")
-                .elapsed
+            exec.block_on(scenarios::cycle(
+                &rt,
+                &one,
+                1,
+                Stop::Ops(iters),
+                Release::Await,
+                false,
+            ))
+            .expect("cycle")
+            .elapsed
         })
     });
 
@@ -116,9 +123,16 @@ fn suite<R: Runtime, E: Exec>(c: &mut Criterion, label: &str, exec: &E) {
         .expect("create");
     g.bench_function("64tasks_count8", |b| {
         b.iter_custom(|iters| {
-            exec.block_on(scenarios::cycle(&rt, &eight, 64, Stop::Ops(iters), false))
-                .expect("cycle")
-                .elapsed
+            exec.block_on(scenarios::cycle(
+                &rt,
+                &eight,
+                64,
+                Stop::Ops(iters),
+                Release::Await,
+                false,
+            ))
+            .expect("cycle")
+            .elapsed
         })
     });
 
@@ -142,7 +156,7 @@ fn suite<R: Runtime, E: Exec>(c: &mut Criterion, label: &str, exec: &E) {
 
     const WAITERS: usize = 10_000;
     g.sampling_mode(SamplingMode::Flat)
-        .measurement_time(Duration::from_secs(3))
+        .measurement_time(Duration::from_secs(6))
         .throughput(Throughput::Elements(WAITERS as u64));
     g.bench_function("waiters_10k", |b| {
         b.iter_custom(|iters| {

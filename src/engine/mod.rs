@@ -101,6 +101,8 @@ struct State<R: Runtime> {
     settling: Vec<Settled>,
     /// Dedicated blocking connections not in use, with their Redis client ids.
     idle: Vec<BlockingConn>,
+    /// Permits dropped whose give-back has not been sent yet, by generation.
+    outbox: Vec<Arc<Generation>>,
     /// One entry per detached permit (`Permit::forget`), newest last.
     detached: Vec<Arc<Generation>>,
     /// Stops the watchdog.
@@ -123,7 +125,9 @@ pub(crate) struct Engine<R: Runtime> {
     closed: AtomicBool,
     /// Milliseconds since `started` of the last reclaim pass a waiter asked for.
     last_kick: AtomicU64,
-    started: Instant,
+    /// Milliseconds since `started` until which the fast path is skipped (0: never).
+    pub(crate) empty_until: AtomicU64,
+    pub(crate) started: Instant,
     register_lock: futures::lock::Mutex<()>,
     state: Mutex<State<R>>,
 }
@@ -169,6 +173,7 @@ impl<R: Runtime> Engine<R> {
             next_block: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             last_kick: AtomicU64::new(0),
+            empty_until: AtomicU64::new(0),
             started: Instant::now(),
             register_lock: futures::lock::Mutex::new(()),
             state: Mutex::new(State {
@@ -180,6 +185,7 @@ impl<R: Runtime> Engine<R> {
                 settling: Vec::new(),
                 idle: Vec::new(),
                 detached: Vec::new(),
+                outbox: Vec::new(),
                 stop_watchdog: Some(stop_tx),
             }),
         });

@@ -11,7 +11,7 @@ use std::time::Duration;
 use std::sync::atomic::Ordering;
 
 use futures::channel::oneshot;
-use futures::future::{select, Either, FutureExt};
+use futures::future::{join_all, select, Either, FutureExt};
 use redis::RedisResult;
 
 use super::{
@@ -23,14 +23,17 @@ use crate::{Error, Result};
 
 /// How many times in a row a fast-path call may find the lease gone before giving up.
 const LEASE_RETRIES: usize = 3;
+/// How long, after the fast path found the pool empty, acquires queue without trying it.
+const EMPTY_POOL_MEMORY_MS: u64 = 50;
 
 impl<R: Runtime> Engine<R> {
     /// Takes a token, waiting as long as it takes.
     pub(crate) async fn take(self: &Arc<Self>) -> Result<Held<R>> {
-        if !self.has_waiters() {
+        if !self.has_waiters() && !self.pool_recently_empty() {
             if let Some(held) = self.try_take().await? {
                 return Ok(held);
             }
+            self.note_pool_empty();
         }
         let mut ticket = Ticket {
             engine: self,
@@ -43,8 +46,22 @@ impl<R: Runtime> Engine<R> {
         }
     }
 
-    /// Takes a token if one is free now: one round trip.
+    /// Gives back, concurrently, the tokens of permits dropped since the last flush.
+    async fn flush_outbox(self: &Arc<Self>) {
+        let gens = std::mem::take(&mut self.state().outbox);
+        if !gens.is_empty() {
+            join_all(gens.into_iter().map(|gen| self.give_back(gen))).await;
+        }
+    }
+
+    /// Takes a token if one is free now: one round trip (shared with the releases of
+    /// permits dropped just before, which go first on the same connection).
     pub(crate) async fn try_take(self: &Arc<Self>) -> Result<Option<Held<R>>> {
+        let ((), taken) = futures::join!(self.flush_outbox(), self.try_take_now());
+        taken
+    }
+
+    async fn try_take_now(self: &Arc<Self>) -> Result<Option<Held<R>>> {
         for attempt in 0..LEASE_RETRIES {
             let gen = self.current_gen().await?;
             let mut conn = self.conn.clone();
@@ -110,6 +127,20 @@ impl<R: Runtime> Engine<R> {
         gen.end_call();
         self.maybe_retire(gen);
         out
+    }
+
+    /// Under contention the fast path mostly finds the pool empty, costing a round trip
+    /// before the blocking wait; for a short while after it did, waiters queue at once (a
+    /// blocking move returns at once when a permit is free, so nothing is lost but a
+    /// wasted call).
+    fn pool_recently_empty(&self) -> bool {
+        let until = self.empty_until.load(Ordering::Relaxed);
+        until != 0 && (self.started.elapsed().as_millis() as u64) < until
+    }
+
+    fn note_pool_empty(&self) {
+        let until = self.started.elapsed().as_millis() as u64 + EMPTY_POOL_MEMORY_MS;
+        self.empty_until.store(until, Ordering::Relaxed);
     }
 
     fn has_waiters(&self) -> bool {
@@ -344,11 +375,13 @@ impl<R: Runtime> Engine<R> {
             // Disarmed before spawning: if the runtime is shutting down and drops the task
             // unrun, nothing re-enters here; the lease then expires and the permit is
             // reclaimed by another client.
+            // Queued in the outbox, which a task flushes; an acquire of this handle made
+            // meanwhile flushes it first, on the same connection, so its request reaches
+            // Redis after the release (one round trip for both).
             let gen = held.disarm().1;
+            self.state().outbox.push(gen);
             let engine = self.clone();
-            self.rt.spawn(async move {
-                let _ = engine.give_back(gen).await;
-            });
+            self.rt.spawn(async move { engine.flush_outbox().await });
         }
     }
 
