@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chaos_support::{
-    describe, event_base, event_totals, poll_until, raw_conn, sem_base, sem_totals, sleep, spawn,
-    within, within_explained, yield_now, Conservation, Totals,
+    describe, event_base, event_totals, poll_until, raw_conn, sem_base, sleep, spawn,
+    until_nothing_held, within, within_explained, yield_now, Conservation, Totals,
 };
 use futures::future::{select, Either};
 use redis_sync::{Error, Event, Permit, Runtime, Semaphore};
@@ -99,19 +99,8 @@ async fn hold_and_give_back<R: Runtime>(p: Permit<R>, inside: &Inside, count: us
 async fn all_back<R: Runtime>(client: &redis::Client, name: &str, count: usize) {
     let started = Instant::now();
     let raw = raw_conn(client).await;
-    let t = poll_until::<R, _, _, _, _>(reclaim_bound(), "every permit back in the pool", || {
-        let mut raw = raw.clone();
-        let name = name.to_owned();
-        async move {
-            let t = sem_totals(&mut raw, &name).await.unwrap();
-            if t.held == 0 {
-                Ok(t)
-            } else {
-                Err(t)
-            }
-        }
-    })
-    .await;
+    let t =
+        until_nothing_held::<R>(&raw, name, reclaim_bound(), "every permit back in the pool").await;
     let took = started.elapsed();
     if took > Duration::from_secs(2) {
         println!("WARNING: permits came back only after {took:?} (a lease had to end?)");

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use chaos_support::{
     describe, event_base, event_totals, poll_until, raw_conn, sem_base, sem_totals, sleep, spawn,
-    within, within_explained, Conservation, Totals,
+    until_nothing_held, within, within_explained, Conservation, Totals,
 };
 use redis::AsyncCommands;
 use redis_sync::{Error, Event, Runtime, Semaphore};
@@ -204,19 +204,7 @@ async fn closed_holder_expires<R: Runtime>() {
         q1.release().await.unwrap();
         q2.release().await.unwrap();
         // p2's drop-time release runs in the background: let it land.
-        let t = poll_until::<R, _, _, _, _>(Duration::from_secs(10), "pool back", || {
-            let mut raw = raw.clone();
-            let name = name.clone();
-            async move {
-                let t = sem_totals(&mut raw, &name).await.unwrap();
-                if t.held == 0 {
-                    Ok(t)
-                } else {
-                    Err(t)
-                }
-            }
-        })
-        .await;
+        let t = until_nothing_held::<R>(&raw, &name, Duration::from_secs(10), "pool back").await;
         assert_eq!(
             t,
             Totals {
@@ -367,19 +355,8 @@ async fn client_kill_storm<R: Runtime>() {
         // lease of the generation that holds them ends).
         let raw = raw_conn(&client).await;
         let started = Instant::now();
-        let t = poll_until::<R, _, _, _, _>(reclaim_bound(LEASE), "all permits free", || {
-            let mut raw = raw.clone();
-            let name = name.clone();
-            async move {
-                let t = sem_totals(&mut raw, &name).await.unwrap();
-                if t.held == 0 {
-                    Ok(t)
-                } else {
-                    Err(t)
-                }
-            }
-        })
-        .await;
+        let t =
+            until_nothing_held::<R>(&raw, &name, reclaim_bound(LEASE), "all permits free").await;
         println!("all permits free {:?} after the storm", started.elapsed());
         assert_eq!(
             t,
@@ -489,19 +466,7 @@ async fn server_restart<R: Runtime>() {
         if let Ok(p) = w {
             p.release().await.unwrap();
         }
-        let t = poll_until::<R, _, _, _, _>(Duration::from_secs(10), "pool settled", || {
-            let mut raw = raw.clone();
-            let name = name.clone();
-            async move {
-                let t = sem_totals(&mut raw, &name).await.unwrap();
-                if t.held == 0 {
-                    Ok(t)
-                } else {
-                    Err(t)
-                }
-            }
-        })
-        .await;
+        let t = until_nothing_held::<R>(&raw, &name, Duration::from_secs(10), "pool settled").await;
         assert_eq!(
             t,
             Totals {
@@ -611,20 +576,13 @@ async fn forgotten_permit_expired<R: Runtime>() {
             .query_async(&mut raw.clone())
             .await
             .unwrap();
-        let t =
-            poll_until::<R, _, _, _, _>(reclaim_bound(LEASE), "forgotten permit reclaimed", || {
-                let mut raw = raw.clone();
-                let name = name.clone();
-                async move {
-                    let t = sem_totals(&mut raw, &name).await.unwrap();
-                    if t.held == 0 {
-                        Ok(t)
-                    } else {
-                        Err(t)
-                    }
-                }
-            })
-            .await;
+        let t = until_nothing_held::<R>(
+            &raw,
+            &name,
+            reclaim_bound(LEASE),
+            "forgotten permit reclaimed",
+        )
+        .await;
         assert_eq!(
             t,
             Totals {

@@ -93,7 +93,7 @@ impl<R: Runtime> Engine<R> {
                 // A new lease, or after a dropped connection a new generation (the old one
                 // gives back what it may have taken once drained): try again.
                 Err(Error::LeaseLost) => continue,
-                Err(Error::Redis(e)) if attempt + 1 < LEASE_RETRIES && is_connection_error(&e) => {
+                Err(Error::Redis(e)) if attempt + 1 < LEASE_RETRIES && outcome_unknown(&e) => {
                     continue
                 }
                 other => return other,
@@ -117,8 +117,8 @@ impl<R: Runtime> Engine<R> {
             Ok(_) => Ok(None),
             Err(e) => {
                 // An error reply means the script ran and failed before its first write;
-                // only a lost reply leaves the outcome unknown.
-                if is_connection_error(&e) {
+                // any other error may have lost the reply of a script that ran.
+                if outcome_unknown(&e) {
                     gen.mark_dirty();
                 }
                 Err(e.into())
@@ -238,7 +238,7 @@ impl<R: Runtime> Engine<R> {
                     failures = 0;
                     self.kick_reclaim();
                 }
-                Err(e) if !is_connection_error(&e) => {
+                Err(e) if !outcome_unknown(&e) => {
                     // An error reply (e.g. WRONGTYPE): nothing moved.
                     gen.end_call();
                     conn = Some(c);
@@ -450,8 +450,10 @@ impl<R: Runtime> Engine<R> {
     }
 }
 
-pub(crate) fn is_connection_error(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+/// Whether a failed call may still have run on the server: anything but an error reply
+/// from Redis itself (a dropped connection, a response timeout, a client-side failure).
+pub(crate) fn outcome_unknown(e: &redis::RedisError) -> bool {
+    e.code().is_none()
 }
 
 /// A queued waiter. Dropped before it is served (a timeout, a `select!`), it leaves the

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
 use futures::FutureExt;
+use redis::aio::MultiplexedConnection;
 use redis_sync::Runtime;
 
 /// `<base>` of a semaphore with the default prefix and hash-tagged layout.
@@ -230,6 +231,29 @@ return out
         Ok(lines) => format!("\n  {}", lines.join("\n  ")),
         Err(e) => format!("(cannot read: {e})"),
     }
+}
+
+/// Waits up to `limit` until no permit of semaphore `name` is recorded as held (releases
+/// and reclaims run in the background, with no signal to await); returns the totals then.
+pub async fn until_nothing_held<R: Runtime>(
+    raw: &MultiplexedConnection,
+    name: &str,
+    limit: Duration,
+    what: &str,
+) -> Totals {
+    poll_until::<R, _, _, _, _>(limit, what, || {
+        let mut raw = raw.clone();
+        let name = name.to_owned();
+        async move {
+            let t = sem_totals(&mut raw, &name).await.unwrap();
+            if t.held == 0 {
+                Ok(t)
+            } else {
+                Err(t)
+            }
+        }
+    })
+    .await
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, or fails the test with the last
