@@ -7,7 +7,7 @@
 //! it was taken) goes back to the pool. This is how no permit is ever lost to an
 //! unanswered request.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -16,6 +16,11 @@ use futures::future::{FutureExt, Shared};
 
 pub(crate) type LostSignal = Shared<oneshot::Receiver<()>>;
 
+const OUTSTANDING_ONE: u64 = 1;
+const INFLIGHT_ONE: u64 = 1 << 31;
+const DIRTY: u64 = 1 << 62;
+const RETIRED: u64 = 1 << 63;
+
 #[derive(Debug)]
 pub(crate) struct Generation {
     /// The holder id in the lease set.
@@ -23,13 +28,12 @@ pub(crate) struct Generation {
     /// The key of its held list.
     pub held_key: String,
     lost: AtomicBool,
-    dirty: AtomicBool,
-    retired: AtomicBool,
-    /// Permits granted under this generation and not yet given back (guards, detached
-    /// permits, permits in transit to a waiter).
-    outstanding: AtomicUsize,
-    /// Redis calls in flight that may add a token to the held list.
-    inflight: AtomicUsize,
+    /// Dirty and retired flags and two counts in one word, so that retiring (dirty, nothing
+    /// outstanding, nothing in flight) and reserving a call for a new grant can never
+    /// interleave. Outstanding: permits granted under this generation and not yet given
+    /// back (guards, detached permits, permits in transit to a waiter). In flight: Redis
+    /// calls that may move a token into or out of the held list.
+    word: AtomicU64,
     /// After this instant the lease has certainly expired on the server (the last renewal
     /// reply plus the lease time).
     expires_by: Mutex<Instant>,
@@ -44,10 +48,7 @@ impl Generation {
             id,
             held_key,
             lost: AtomicBool::new(false),
-            dirty: AtomicBool::new(false),
-            retired: AtomicBool::new(false),
-            outstanding: AtomicUsize::new(0),
-            inflight: AtomicUsize::new(0),
+            word: AtomicU64::new(0),
             expires_by: Mutex::new(expires_by),
             lost_tx: Mutex::new(Some(tx)),
             lost_rx: rx.shared(),
@@ -59,7 +60,7 @@ impl Generation {
     }
 
     pub(crate) fn is_dirty(&self) -> bool {
-        self.dirty.load(Ordering::Acquire)
+        self.word.load(Ordering::SeqCst) & DIRTY != 0
     }
 
     /// Usable for new grants: neither lost nor dirty.
@@ -82,44 +83,59 @@ impl Generation {
     }
 
     pub(crate) fn mark_dirty(&self) {
-        self.dirty.store(true, Ordering::Release);
+        self.word.fetch_or(DIRTY, Ordering::SeqCst);
     }
 
     pub(crate) fn lost_signal(&self) -> LostSignal {
         self.lost_rx.clone()
     }
 
+    /// Counts a newly granted permit. Only after a reserved call returned it, so the
+    /// generation cannot be retired meanwhile.
     pub(crate) fn add_outstanding(&self) {
-        self.outstanding.fetch_add(1, Ordering::AcqRel);
+        self.word.fetch_add(OUTSTANDING_ONE, Ordering::SeqCst);
     }
 
     pub(crate) fn sub_outstanding(&self) {
-        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+        self.word.fetch_sub(OUTSTANDING_ONE, Ordering::SeqCst);
     }
 
-    pub(crate) fn outstanding(&self) -> usize {
-        self.outstanding.load(Ordering::Acquire)
+    /// Reserves a call that may grant a new permit: fails on a dirty, lost or retired
+    /// generation (then take the current one again).
+    pub(crate) fn try_reserve(&self) -> bool {
+        if self.is_lost() {
+            return false;
+        }
+        self.word
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
+                (w & (DIRTY | RETIRED) == 0).then_some(w + INFLIGHT_ONE)
+            })
+            .is_ok()
     }
 
+    /// Starts a call on behalf of a permit still counted as outstanding (a give-back, a
+    /// consume): allowed on a dirty generation, which cannot be retired while the permit
+    /// is counted.
     pub(crate) fn begin_call(&self) {
-        self.inflight.fetch_add(1, Ordering::AcqRel);
+        self.word.fetch_add(INFLIGHT_ONE, Ordering::SeqCst);
     }
 
     pub(crate) fn end_call(&self) {
-        self.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.word.fetch_sub(INFLIGHT_ONE, Ordering::SeqCst);
     }
 
     /// A dirty generation with nothing outstanding and nothing in flight can be retired.
     /// Returns true exactly once, to the caller that must retire it.
     pub(crate) fn claim_retirement(&self) -> bool {
-        self.is_dirty()
-            && self.outstanding() == 0
-            && self.inflight.load(Ordering::Acquire) == 0
-            && !self.retired.swap(true, Ordering::AcqRel)
+        self.word
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
+                (w == DIRTY).then_some(w | RETIRED)
+            })
+            .is_ok()
     }
 
     pub(crate) fn is_retired(&self) -> bool {
-        self.retired.load(Ordering::Acquire)
+        self.word.load(Ordering::SeqCst) & RETIRED != 0
     }
 
     pub(crate) fn renewed(&self, expires_by: Instant) {
@@ -130,5 +146,45 @@ impl Generation {
 
     pub(crate) fn certainly_expired(&self, now: Instant) -> bool {
         self.expires_by.lock().map(|e| now >= *e).unwrap_or(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gen() -> Generation {
+        Generation::new("h-0".into(), "k".into(), Instant::now())
+    }
+
+    #[test]
+    fn retires_only_when_dirty_and_drained() {
+        let g = gen();
+        assert!(g.try_reserve());
+        g.mark_dirty();
+        assert!(!g.claim_retirement(), "a call is in flight");
+        g.add_outstanding();
+        g.end_call();
+        assert!(!g.claim_retirement(), "a permit is outstanding");
+        g.begin_call();
+        g.sub_outstanding();
+        assert!(!g.claim_retirement(), "its give-back is in flight");
+        g.end_call();
+        assert!(g.claim_retirement());
+        assert!(!g.claim_retirement(), "claimed once");
+        assert!(g.is_retired());
+    }
+
+    #[test]
+    fn no_new_grant_on_a_dirty_lost_or_retired_generation() {
+        let g = gen();
+        g.mark_dirty();
+        assert!(!g.try_reserve());
+        let g = gen();
+        g.mark_lost();
+        assert!(!g.try_reserve());
+        let g = gen();
+        assert!(!g.claim_retirement(), "a clean generation is never retired");
+        assert!(g.try_reserve());
     }
 }

@@ -63,7 +63,7 @@ impl<R: Runtime> Engine<R> {
 
     async fn try_take_now(self: &Arc<Self>) -> Result<Option<Held<R>>> {
         for attempt in 0..LEASE_RETRIES {
-            let gen = self.current_gen().await?;
+            let gen = self.reserve_gen().await?;
             let mut conn = self.conn.clone();
             let (pool, held_key, leases) = (
                 self.cfg.keys.pool.clone(),
@@ -71,7 +71,6 @@ impl<R: Runtime> Engine<R> {
                 self.cfg.keys.leases.clone(),
             );
             let (id, ttl) = (gen.id.clone(), self.held_ttl_ms());
-            gen.begin_call();
             let call = async move {
                 TAKE.key(pool)
                     .key(held_key)
@@ -100,6 +99,19 @@ impl<R: Runtime> Engine<R> {
             }
         }
         Err(Error::LeaseLost)
+    }
+
+    /// The current generation with a call reserved on it (see
+    /// [`Generation::try_reserve`]): a generation cannot be retired between being chosen
+    /// and being used.
+    async fn reserve_gen(self: &Arc<Self>) -> Result<Arc<Generation>> {
+        loop {
+            let gen = self.current_gen().await?;
+            if gen.try_reserve() {
+                return Ok(gen);
+            }
+            self.maybe_retire(&gen);
+        }
     }
 
     /// Turns the reply of a fast-path call into a held token (or none, or an error).
@@ -204,13 +216,7 @@ impl<R: Runtime> Engine<R> {
                     return;
                 }
             }
-            let gen = match self.current_gen().await {
-                Ok(g) => g,
-                Err(e) => {
-                    self.fail_waiters(e);
-                    continue;
-                }
-            };
+            // The connection first: the generation is reserved right before the move.
             let mut c = match conn.take() {
                 Some(c) => c,
                 None => match self.blocking_conn().await {
@@ -221,7 +227,14 @@ impl<R: Runtime> Engine<R> {
                     }
                 },
             };
-            gen.begin_call();
+            let gen = match self.reserve_gen().await {
+                Ok(g) => g,
+                Err(e) => {
+                    conn = Some(c);
+                    self.fail_waiters(e);
+                    continue;
+                }
+            };
             let (reply, _settled) = self.block_once(&mut c, &gen, block).await;
             match reply {
                 Ok(Some(_)) => {
@@ -241,6 +254,7 @@ impl<R: Runtime> Engine<R> {
                 Err(e) if !outcome_unknown(&e) => {
                     // An error reply (e.g. WRONGTYPE): nothing moved.
                     gen.end_call();
+                    self.maybe_retire(&gen);
                     conn = Some(c);
                     self.fail_waiters(e.into());
                 }
@@ -340,7 +354,7 @@ impl<R: Runtime> Engine<R> {
 
     /// Passes `held` to the longest live local waiter; returns it when there is none.
     fn hand_to_waiter(&self, mut held: Held<R>) -> Option<Held<R>> {
-        if held.gen.is_lost() || self.is_closed() {
+        if held.gen.is_lost() || held.gen.is_retired() || self.is_closed() {
             return Some(held);
         }
         loop {
