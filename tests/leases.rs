@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chaos_support::{
-    describe, event_base, event_totals, poll_until, raw_conn, sem_base, sem_totals, sleep, spawn,
-    until_nothing_held, within, within_explained, Conservation, Totals,
+    creator_and_attacher, describe, event_base, event_totals, poll_until, raw_conn, sem_base,
+    sem_totals, sleep, spawn, until_nothing_held, within, within_explained, Conservation, Totals,
 };
 use redis::AsyncCommands;
 use redis_sync::{Error, Event, Runtime, Semaphore};
@@ -45,18 +45,7 @@ async fn forced_expiry<R: Runtime>() {
         let name = common::unique_prefix("forced_expiry");
         let base = sem_base(&name);
         let mut raw = raw_conn(&client).await;
-        let a = Semaphore::<R>::builder(&client, &name)
-            .lease_ttl(LEASE)
-            .create(1)
-            .await
-            .unwrap();
-        let b = Arc::new(
-            Semaphore::<R>::builder(&client, &name)
-                .lease_ttl(LEASE)
-                .attach(Some(Duration::from_secs(5)))
-                .await
-                .unwrap(),
-        );
+        let (a, b) = creator_and_attacher::<R>(&client, &name, LEASE, 1).await;
         let cons = Conservation::start::<R>(&client, &name, 1);
 
         let p = a.acquire().await.unwrap();
@@ -157,18 +146,7 @@ async fn closed_holder_expires<R: Runtime>() {
         let client = common::client();
         let name = common::unique_prefix("closed_holder");
         let mut raw = raw_conn(&client).await;
-        let a = Semaphore::<R>::builder(&client, &name)
-            .lease_ttl(LEASE)
-            .create(2)
-            .await
-            .unwrap();
-        let b = Arc::new(
-            Semaphore::<R>::builder(&client, &name)
-                .lease_ttl(LEASE)
-                .attach(Some(Duration::from_secs(5)))
-                .await
-                .unwrap(),
-        );
+        let (a, b) = creator_and_attacher::<R>(&client, &name, LEASE, 2).await;
         let cons = Conservation::start::<R>(&client, &name, 2);
         let p1 = a.acquire().await.unwrap();
         let p2 = a.acquire().await.unwrap();
@@ -397,18 +375,7 @@ async fn server_restart<R: Runtime>() {
         let server = common::RedisServer::start();
         let client = redis::Client::open(server.url.as_str()).unwrap();
         let name = common::unique_prefix("restart");
-        let a = Semaphore::<R>::builder(&client, &name)
-            .lease_ttl(LEASE)
-            .create(COUNT as u32)
-            .await
-            .unwrap();
-        let b = Arc::new(
-            Semaphore::<R>::builder(&client, &name)
-                .lease_ttl(LEASE)
-                .attach(Some(Duration::from_secs(5)))
-                .await
-                .unwrap(),
-        );
+        let (a, b) = creator_and_attacher::<R>(&client, &name, LEASE, COUNT as u32).await;
         let p1 = a.acquire().await.unwrap();
         let p2 = a.acquire().await.unwrap();
         let b2 = b.clone();

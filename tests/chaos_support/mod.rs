@@ -233,6 +233,27 @@ return out
     }
 }
 
+/// Two handles of one semaphore with lease `lease`: one creates it with `count` permits,
+/// the other attaches (shared, for spawned tasks).
+pub async fn creator_and_attacher<R: Runtime>(
+    client: &redis::Client,
+    name: &str,
+    lease: Duration,
+    count: u32,
+) -> (redis_sync::Semaphore<R>, Arc<redis_sync::Semaphore<R>>) {
+    let creator = redis_sync::Semaphore::<R>::builder(client, name)
+        .lease_ttl(lease)
+        .create(count)
+        .await
+        .unwrap();
+    let attacher = redis_sync::Semaphore::<R>::builder(client, name)
+        .lease_ttl(lease)
+        .attach(Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    (creator, Arc::new(attacher))
+}
+
 /// Waits up to `limit` until no permit of semaphore `name` is recorded as held (releases
 /// and reclaims run in the background, with no signal to await); returns the totals then.
 pub async fn until_nothing_held<R: Runtime>(
