@@ -115,6 +115,7 @@ impl<R: Runtime> Permit<R> {
     pub fn lost(&self) -> LeaseLostFuture {
         LeaseLostFuture {
             signal: self.held.gen.lost_signal(),
+            _gen: self.held.gen.clone(),
         }
     }
 
@@ -148,14 +149,16 @@ impl<R: Runtime> Permit<R> {
 #[derive(Debug)]
 pub struct LeaseLostFuture {
     signal: LostSignal,
+    // Keeps the sender alive: the future resolves on a loss, never because the permit's
+    // generation was dropped after its release.
+    _gen: std::sync::Arc<crate::engine::Generation>,
 }
 
 impl Future for LeaseLostFuture {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        // The sender fires on loss; it is dropped unfired only when the generation is gone,
-        // which cannot happen while the permit holds it.
+        // The sender fires on loss; `_gen` keeps it from being dropped unfired.
         Pin::new(&mut self.signal).poll(cx).map(|_| ())
     }
 }
