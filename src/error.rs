@@ -47,6 +47,41 @@ pub enum Error {
     /// An option or name is not acceptable; the message says which and why.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// Other clients kept changing the semaphore's keys while this one tried to create it
+    /// (64 attempts); trying again later usually succeeds.
+    #[error("could not initialise the semaphore: other clients kept changing it")]
+    InitContention,
+    /// The semaphore's pool exists but its metadata is gone, with
+    /// [`KeyLayout::Redsync2`](crate::KeyLayout::Redsync2): permits held by other clients
+    /// (Python redsync records none) cannot be counted, so the pool is not topped up.
+    #[error(
+        "the semaphore's pool exists but its metadata is gone: with KeyLayout::Redsync2, \
+         permits held by other clients cannot be seen, so it is not re-created; delete its \
+         keys or wait until they expire"
+    )]
+    MetadataMissing,
+    /// The Redis server has a memory limit and an eviction policy that may delete this
+    /// library's keys under memory pressure, which would silently lose or duplicate permits.
+    /// Set `maxmemory-policy noeviction`, or opt out with the builder's
+    /// `allow_eviction_policy(true)`.
+    #[error(
+        "redis has maxmemory set with maxmemory-policy {policy}, which may evict this \
+         library's keys (permits would be lost or duplicated); use noeviction, or opt out \
+         with allow_eviction_policy(true)"
+    )]
+    EvictionPolicy {
+        /// The server's `maxmemory-policy`.
+        policy: String,
+    },
+    /// A key of the primitive holds a value of another type (another application uses the
+    /// same name); nothing was changed.
+    #[error("key {key} holds a {found}, not what this primitive stores there")]
+    WrongType {
+        /// The key.
+        key: String,
+        /// Its Redis type.
+        found: String,
+    },
     /// No async runtime of the requested kind is running on this thread.
     #[error("no {0} runtime is running on this thread")]
     NoRuntime(&'static str),

@@ -42,7 +42,9 @@ impl<R: Runtime> Event<R> {
     ///
     /// # Errors
     ///
-    /// [`Error::Redis`], [`Error::NoRuntime`], [`Error::InvalidArgument`] (empty name).
+    /// [`Error::Redis`], [`Error::NoRuntime`], [`Error::InvalidArgument`] (empty name or
+    /// bad option), [`Error::WrongType`] (the event's key holds something else),
+    /// [`Error::EvictionPolicy`].
     ///
     /// # Cancel safety
     ///
@@ -210,7 +212,8 @@ impl<R: Runtime> Event<R> {
         Ok(n > 0)
     }
 
-    /// Stops the watchdog and fails this handle's waits with [`Error::Closed`].
+    /// Stops renewing this handle's leases and fails its waits with [`Error::Closed`], at
+    /// once and without a Redis call.
     ///
     /// # Examples
     ///
@@ -221,6 +224,32 @@ impl<R: Runtime> Event<R> {
     /// ```
     pub fn close(&self) {
         self.engine.close();
+    }
+
+    /// Closes the handle and leaves nothing of it in Redis: waits fail with
+    /// [`Error::Closed`], blocking waits are ended, and a signal taken by a wait that did
+    /// not consume it goes back to the event; this handle's leases are given up. Call it
+    /// before a process exits.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Redis`] when Redis could not be reached: the handle is closed anyway and
+    /// its leases expire by themselves.
+    ///
+    /// # Cancel safety
+    ///
+    /// The handle is closed at the first poll; dropped midway, the rest is left to lease
+    /// expiry. Call it again to finish.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(ev: redis_sync::Event<redis_sync::Tokio>) -> redis_sync::Result<()> {
+    /// ev.shutdown().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn shutdown(&self) -> Result<()> {
+        self.engine.shutdown().await
     }
 }
 
@@ -346,7 +375,40 @@ impl<R: Runtime> EventBuilder<R> {
         self
     }
 
-    /// Opens the event.
+    /// The deadline of every Redis request (default 5 s); see
+    /// [`SemaphoreBuilder::response_timeout`](crate::SemaphoreBuilder::response_timeout).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redis::Client) {
+    /// let b = redis_sync::Event::<redis_sync::Tokio>::builder(&client, "ready")
+    ///     .response_timeout(std::time::Duration::from_secs(2));
+    /// # }
+    /// ```
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.opts.response_timeout = timeout;
+        self
+    }
+
+    /// Whether to accept a Redis server whose eviction policy may delete this library's
+    /// keys (default `false`: `open` fails with [`Error::EvictionPolicy`]); see
+    /// [`SemaphoreBuilder::allow_eviction_policy`](crate::SemaphoreBuilder::allow_eviction_policy).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redis::Client) {
+    /// let b = redis_sync::Event::<redis_sync::Tokio>::builder(&client, "ready")
+    ///     .allow_eviction_policy(true);
+    /// # }
+    /// ```
+    pub fn allow_eviction_policy(mut self, allow: bool) -> Self {
+        self.opts.check_eviction = !allow;
+        self
+    }
+
+    /// Opens the event, checking that its key, if present, is a list.
     ///
     /// # Errors
     ///
@@ -365,6 +427,25 @@ impl<R: Runtime> EventBuilder<R> {
     /// ```
     pub async fn open(self) -> Result<Event<R>> {
         let engine = Engine::<R>::start(&self.client, self.opts.config(Kind::Event)?).await?;
+        let mut conn = engine.conn.clone();
+        let kind: String = match redis::cmd("TYPE")
+            .arg(&engine.cfg.keys.pool)
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(kind) => kind,
+            Err(e) => {
+                engine.close();
+                return Err(e.into());
+            }
+        };
+        if kind != "list" && kind != "none" {
+            engine.close();
+            return Err(Error::WrongType {
+                key: engine.cfg.keys.pool.clone(),
+                found: kind,
+            });
+        }
         Ok(Event { engine })
     }
 }

@@ -8,7 +8,7 @@ use redis::AsyncCommands;
 use crate::engine::{Engine, PERMIT_TOKEN};
 use crate::runtime::Runtime;
 use crate::scripts::INIT;
-use crate::{Error, Result};
+use crate::{Error, KeyLayout, Result};
 
 /// How a semaphore's permit pool is created the first time.
 ///
@@ -50,10 +50,13 @@ pub(crate) async fn ensure_pool<R: Runtime>(engine: &Arc<Engine<R>>, count: u32)
         let ms = fastrand::u64(1..=(2 + attempt as u64 * 2).min(50));
         engine.rt.sleep(Duration::from_millis(ms)).await;
     }
-    Err(Error::InvalidArgument(format!(
-        "could not initialise semaphore {} after {ATTEMPTS} attempts: other clients kept changing it",
-        engine.cfg.keys.pool
-    )))
+    Err(Error::InitContention)
+}
+
+/// With redsync 2.0's key names, other clients (Python redsync) take permits without
+/// recording them: a pool without its metadata cannot be topped up safely.
+fn strict<R: Runtime>(engine: &Engine<R>) -> bool {
+    engine.cfg.keys.layout == KeyLayout::Redsync2
 }
 
 async fn init_lua<R: Runtime>(engine: &Arc<Engine<R>>, count: u32) -> Result<Option<u32>> {
@@ -68,11 +71,17 @@ async fn init_lua<R: Runtime>(engine: &Arc<Engine<R>>, count: u32) -> Result<Opt
     for h in &holders {
         inv.key(keys.held(h));
     }
-    inv.arg(count).arg(PERMIT_TOKEN).arg(engine.ttl_ms());
+    inv.arg(count)
+        .arg(PERMIT_TOKEN)
+        .arg(engine.ttl_ms())
+        .arg(u8::from(strict(engine)));
     for h in &holders {
         inv.arg(h);
     }
     let actual: i64 = inv.invoke_async(&mut conn).await?;
+    if actual == -2 {
+        return Err(Error::MetadataMissing);
+    }
     Ok(u32::try_from(actual).ok())
 }
 
@@ -83,7 +92,7 @@ async fn init_optimistic<R: Runtime>(engine: &Arc<Engine<R>>, count: u32) -> Res
     };
     let ttl = engine.ttl_ms() as i64;
     // WATCH belongs to the connection: never on the shared one.
-    let mut conn = engine.client.get_multiplexed_async_connection().await?;
+    let mut conn = engine.conn.dedicated(Duration::ZERO).await?;
     redis::cmd("WATCH")
         .arg(meta)
         .arg(&keys.pool)
@@ -93,14 +102,16 @@ async fn init_optimistic<R: Runtime>(engine: &Arc<Engine<R>>, count: u32) -> Res
     let existing: Option<u32> = conn.hget(meta, "count").await?;
     if let Some(actual) = existing {
         redis::cmd("UNWATCH").exec_async(&mut conn).await?;
-        let _: () = redis::pipe()
-            .pexpire(meta, ttl)
-            .ignore()
-            .pexpire(&keys.pool, ttl)
-            .ignore()
-            .query_async(&mut conn)
-            .await?;
+        // Lengthen, never shorten: a live semaphore may have a longer lease than ours.
+        let mut pipe = redis::pipe();
+        lengthen_ttl(&mut pipe, meta, ttl);
+        lengthen_ttl(&mut pipe, &keys.pool, ttl);
+        let _: () = pipe.query_async(&mut conn).await?;
         return Ok(Some(actual));
+    }
+    if strict(engine) && conn.exists(&keys.pool).await? {
+        redis::cmd("UNWATCH").exec_async(&mut conn).await?;
+        return Err(Error::MetadataMissing);
     }
     let holders: Vec<String> = conn.zrange(&keys.leases, 0, -1).await?;
     let mut held = 0u32;
@@ -124,11 +135,18 @@ async fn init_optimistic<R: Runtime>(engine: &Arc<Engine<R>>, count: u32) -> Res
         }
     }
     tx.pexpire(meta, ttl).ignore();
-    tx.pexpire(&keys.pool, ttl).ignore();
-    tx.pexpire(&keys.leases, ttl).ignore();
+    lengthen_ttl(&mut tx, &keys.pool, ttl);
+    lengthen_ttl(&mut tx, &keys.leases, ttl);
     // EXEC answers nil when a watched key changed: someone else got there first.
     let committed: Option<()> = tx.query_async(&mut conn).await?;
     Ok(committed.map(|()| count))
+}
+
+/// Sets a TTL of `ms` on `key` if it has none, and lengthens a shorter one; never shortens
+/// it (the `keep` of the Lua scripts). Leaves an absent key alone.
+fn lengthen_ttl(pipe: &mut redis::Pipeline, key: &str, ms: i64) {
+    pipe.cmd("PEXPIRE").arg(key).arg(ms).arg("NX").ignore();
+    pipe.cmd("PEXPIRE").arg(key).arg(ms).arg("GT").ignore();
 }
 
 /// Waits until a creator has set the semaphore up; returns its count.

@@ -35,6 +35,8 @@ pub(crate) struct Keys {
     pub graves: String,
     /// Prefix of a holder's held list; the holder id follows.
     held_prefix: String,
+    /// The layout the names follow.
+    pub layout: KeyLayout,
 }
 
 impl Keys {
@@ -46,6 +48,7 @@ impl Keys {
             leases: format!("{base}:leases"),
             graves: format!("{base}:graves"),
             held_prefix: format!("{base}:held:"),
+            layout,
         })
     }
 
@@ -57,6 +60,7 @@ impl Keys {
             leases: format!("{base}:leases"),
             graves: format!("{base}:graves"),
             held_prefix: format!("{base}:held:"),
+            layout,
         })
     }
 

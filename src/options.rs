@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::engine::{Config, Kind};
+use crate::engine::{Config, Kind, MAX_LEASE, MAX_RESPONSE_TIMEOUT, MIN_LEASE};
 use crate::keys::{KeyLayout, Keys};
 use crate::{Error, InitStrategy, Result};
 
@@ -24,6 +24,7 @@ pub(crate) struct Options {
     pub max_blocking: usize,
     pub handoff_limit: u32,
     pub response_timeout: Duration,
+    pub check_eviction: bool,
 }
 
 impl Options {
@@ -37,10 +38,23 @@ impl Options {
             max_blocking: DEFAULT_MAX_BLOCKING_CONNECTIONS,
             handoff_limit: DEFAULT_LOCAL_HANDOFF_LIMIT,
             response_timeout: Duration::from_secs(5),
+            check_eviction: true,
         }
     }
 
     pub(crate) fn config(&self, kind: Kind) -> Result<Config> {
+        if !(MIN_LEASE..=MAX_LEASE).contains(&self.lease_ttl) {
+            return Err(Error::InvalidArgument(format!(
+                "lease_ttl must be between {MIN_LEASE:?} and {MAX_LEASE:?}, got {:?}",
+                self.lease_ttl
+            )));
+        }
+        if self.response_timeout.is_zero() || self.response_timeout > MAX_RESPONSE_TIMEOUT {
+            return Err(Error::InvalidArgument(format!(
+                "response_timeout must be above zero and at most {MAX_RESPONSE_TIMEOUT:?}, got {:?}",
+                self.response_timeout
+            )));
+        }
         if self.max_blocking == 0 {
             return Err(Error::InvalidArgument(
                 "max_blocking_connections must be at least 1".into(),
@@ -58,6 +72,7 @@ impl Options {
             handoff_limit: self.handoff_limit,
             response_timeout: self.response_timeout,
             init: self.init,
+            check_eviction: self.check_eviction,
         })
     }
 }

@@ -76,10 +76,13 @@ return 1
 /// Key TTLs (semaphores only, `expiring` = 1): the pool, metadata and lease set live
 /// `lease` past the last renewal; held lists live `lease + grave`, so that they outlive the
 /// lease they are reclaimed after. Event keys never expire: like a pending signal, a taken
-/// one waits for the next client, however late.
+/// one waits for the next client, however late. The graves set always lives `lease +
+/// grave` past its last change, long enough for every member's final sweep.
 /// KEYS: leases, graves, pool, meta (or pool again), held_1..held_n.
 /// ARGV: lease ms, expiring (1/0), grave_ms, side, holder_1..holder_n.
-/// Returns {meta_ok, {status_i (1 renewed, 0 lost)}, {expired holders}, {graves}}.
+/// Returns {meta_ok, {status_i (1 renewed, 0 lost)}, {expired holders}, {due graves},
+/// {newest graves}}: at most 64 expired holders and 64 due graves (call `DUE` for the next
+/// batches), and the 16 newest graves, the likeliest to receive a late move.
 pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -107,23 +110,38 @@ end
 local meta_ok = 1
 if ARGV[2] == '1' then
   keep(KEYS[1], ms)
-  keep(KEYS[2], ms + grave)
   keep(KEYS[3], ms)
   keep(KEYS[4], ms)
   if redis.call('HEXISTS', KEYS[4], 'count') == 0 then meta_ok = 0 end
 end
+keep(KEYS[2], ms + grave)
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 64)
-local graves = redis.call('ZRANGE', KEYS[2], 0, 63)
-return {meta_ok, status, expired, graves}
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 64)
+local newest = redis.call('ZREVRANGEBYSCORE', KEYS[2], '+inf', '(' .. now, 'LIMIT', 0, 16)
+return {meta_ok, status, expired, due, newest}
+"#,
+    )
+});
+
+/// The next batches of expired holders and due graves, after `RENEW` returned full ones.
+/// KEYS: leases, graves. Returns {{expired holders}, {due graves}}, at most 64 each.
+pub(crate) static DUE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local now = now_ms()
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 64)
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 64)
+return {expired, due}
 "#,
     )
 });
 
 /// Give back every token of expired holders (and of the first `force` holders, whatever
 /// their lease), then watch their lists as "graves" for a while, so that a blocking move
-/// still in flight for them when they were reclaimed is given back too.
+/// still in flight for them when they were reclaimed is given back too. A grave past its
+/// time gets a last sweep and is removed.
 /// KEYS: leases, graves, pool, held_1..held_n. ARGV: key TTL ms (0: none), grave_ms,
-/// side, force, holder_1..holder_n. Returns how many tokens went back.
+/// side, force, graves TTL ms, holder_1..holder_n. Returns how many tokens went back.
 pub(crate) static RECLAIM: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -132,8 +150,8 @@ local grave = tonumber(ARGV[2])
 local force = tonumber(ARGV[4])
 local now = now_ms()
 local moved = 0
-for i = 1, #ARGV - 4 do
-  local h = ARGV[4 + i]
+for i = 1, #ARGV - 5 do
+  local h = ARGV[5 + i]
   local held = KEYS[3 + i]
   local e = redis.call('ZSCORE', KEYS[1], h)
   if e then
@@ -150,10 +168,8 @@ for i = 1, #ARGV - 4 do
     end
   end
 end
-if ms > 0 then
-  if moved > 0 then keep(KEYS[3], ms) end
-  keep(KEYS[2], ms + grave)
-end
+if ms > 0 and moved > 0 then keep(KEYS[3], ms) end
+keep(KEYS[2], tonumber(ARGV[5]))
 return moved
 "#,
     )
@@ -161,9 +177,12 @@ return moved
 
 /// Create the permit pool, or validate it. Never re-creates a full pool while permits are
 /// held: the permits recorded in holders' lists are subtracted.
+/// With `strict` (`KeyLayout::Redsync2`, whose peers record no holders), a pool left
+/// without its metadata is not touched.
 /// KEYS: meta, pool, leases, held_1..held_n (the lease holders seen by the caller).
-/// ARGV: count, token, ttl_ms, holder_1..holder_n.
-/// Returns the count in Redis, or -1 when the holders changed meanwhile (call again).
+/// ARGV: count, token, ttl_ms, strict (1/0), holder_1..holder_n.
+/// Returns the count in Redis, -1 when the holders changed meanwhile (call again), or -2
+/// when `strict` and the pool exists without metadata.
 pub(crate) static INIT: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -174,11 +193,12 @@ if c then
   keep(KEYS[2], ms)
   return tonumber(c)
 end
-local members = #ARGV - 3
+if ARGV[4] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return -2 end
+local members = #ARGV - 4
 if redis.call('ZCARD', KEYS[3]) ~= members then return -1 end
 local held = 0
 for i = 1, members do
-  if not redis.call('ZSCORE', KEYS[3], ARGV[3 + i]) then return -1 end
+  if not redis.call('ZSCORE', KEYS[3], ARGV[4 + i]) then return -1 end
   held = held + redis.call('LLEN', KEYS[3 + i])
 end
 local count = tonumber(ARGV[1])

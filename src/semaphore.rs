@@ -245,9 +245,11 @@ impl<R: Runtime> Semaphore<R> {
         held.release().await
     }
 
-    /// Stops the lease watchdog at once and fails this handle's waiting and future acquires
-    /// with [`Error::Closed`]. Permits still held keep their lease until it expires
-    /// (nobody renews it), then other clients reclaim them; release them first.
+    /// Stops renewing this handle's leases and fails its waiting and future acquires with
+    /// [`Error::Closed`], at once and without a Redis call. Permits still held keep their
+    /// lease until it expires (nobody renews it); at that instant they are marked lost
+    /// ([`Permit::is_lost`], [`Permit::lost`]), and other clients then reclaim them. To give
+    /// everything back at once, use [`Semaphore::shutdown`].
     ///
     /// # Examples
     ///
@@ -259,6 +261,42 @@ impl<R: Runtime> Semaphore<R> {
     /// ```
     pub fn close(&self) {
         self.engine.close();
+    }
+
+    /// Closes the handle and leaves nothing of it in Redis: the releases of dropped permits
+    /// are sent, permits kept with [`Permit::forget`] are given back, waiting acquires fail
+    /// with [`Error::Closed`], blocking waits are ended, and every lease of this handle is
+    /// given up with whatever it still holds. When it returns `Ok`, [`Semaphore::inspect`]
+    /// shows no holder of this handle and every permit it held is free. Permits still out
+    /// (guards not yet dropped) are marked lost: their work is no longer protected, and
+    /// releasing them later returns [`Error::LeaseLost`] without growing the pool.
+    ///
+    /// Call it before a process exits (a rolling deploy, a `main` that returns): a handle
+    /// merely dropped, or a runtime shut down, cannot finish work in the background, and
+    /// its permits then stay held until the lease expires (`lease_ttl`, 300 s by default).
+    /// Calling it again does nothing more.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Redis`] when Redis could not be reached: the handle is closed anyway and its
+    /// leases expire by themselves.
+    ///
+    /// # Cancel safety
+    ///
+    /// The handle is closed at the first poll. Dropped midway, what was sent completes in
+    /// the background, and what was not is left to lease expiry; call it again to finish.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(sem: redis_sync::Semaphore<redis_sync::Tokio>) -> redis_sync::Result<()> {
+    /// let permit = sem.acquire().await?;
+    /// drop(permit);
+    /// sem.shutdown().await?; // the permit is free in Redis, no lease of ours is left
+    /// # Ok(()) }
+    /// ```
+    pub async fn shutdown(&self) -> Result<()> {
+        self.engine.shutdown().await
     }
 
     /// True after [`Semaphore::close`].
@@ -416,8 +454,10 @@ impl<R: Runtime> SemaphoreBuilder<R> {
         self
     }
 
-    /// Response timeout of the shared connection (default 5 s). Blocking waits use their
-    /// own connections, which have none.
+    /// The deadline of every Redis request (default 5 s): the response timeout of the
+    /// shared connection, and for a blocking wait, its block time (at most 2 s) plus this.
+    /// A connection that misses it is replaced, and the request's outcome is handled as
+    /// unknown (never a lost or duplicated permit).
     ///
     /// # Examples
     ///
@@ -429,6 +469,24 @@ impl<R: Runtime> SemaphoreBuilder<R> {
     /// ```
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.opts.response_timeout = timeout;
+        self
+    }
+
+    /// Whether to accept a Redis server whose eviction policy may delete this library's
+    /// keys (default `false`: `create`/`attach` fail with [`Error::EvictionPolicy`] when
+    /// `maxmemory` is set with any `maxmemory-policy` but `noeviction`). Evicted keys mean
+    /// lost or duplicated permits; opt out only where memory can never run short.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redis::Client) {
+    /// let b = redis_sync::Semaphore::<redis_sync::Tokio>::builder(&client, "jobs")
+    ///     .allow_eviction_policy(true);
+    /// # }
+    /// ```
+    pub fn allow_eviction_policy(mut self, allow: bool) -> Self {
+        self.opts.check_eviction = !allow;
         self
     }
 
@@ -527,7 +585,8 @@ impl<R: Runtime> SemaphoreBuilder<R> {
     /// ```
     pub async fn inspect(self) -> Result<SemaphoreState> {
         let cfg = self.opts.config(Kind::Semaphore)?;
-        let mut conn = self.client.get_multiplexed_async_connection().await?;
+        let client = crate::connection::with_tcp_settings(&self.client)?;
+        let mut conn = crate::connection::SharedConn::connect(client, cfg.response_timeout).await?;
         crate::inspect::inspect(&mut conn, &cfg.keys).await
     }
 

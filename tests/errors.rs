@@ -44,14 +44,28 @@ async fn wrongtype_is_a_redis_error<R: Runtime>(strategy: InitStrategy) {
     let value: String = raw.get(&pool).await.unwrap();
     assert_eq!(value, "not a list");
 
-    // The same for an event whose key holds a string: set/wait report WRONGTYPE.
+    // An event whose key holds a string: `open` refuses it with a typed error.
     let ev_key = format!("{prefix}:{{done}}");
     let _: () = raw.set(&ev_key, "x").await.unwrap();
+    match Event::<R>::builder(&client, "done")
+        .key_prefix(&prefix)
+        .open()
+        .await
+    {
+        Err(Error::WrongType { key, found }) => {
+            assert_eq!(key, ev_key);
+            assert_eq!(found, "string");
+        }
+        other => panic!("expected Error::WrongType, got {other:?}"),
+    }
+    // A key that turns into a string after `open`: set/wait report Redis's WRONGTYPE.
+    let _: () = raw.del(&ev_key).await.unwrap();
     let ev = Event::<R>::builder(&client, "done")
         .key_prefix(&prefix)
         .open()
         .await
         .unwrap();
+    let _: () = raw.set(&ev_key, "x").await.unwrap();
     assert!(matches!(ev.set().await, Err(Error::Redis(_))));
     assert!(matches!(
         ev.wait_timeout(Duration::from_secs(5)).await,

@@ -34,8 +34,8 @@ pub(crate) struct Generation {
     /// back (guards, detached permits, permits in transit to a waiter). In flight: Redis
     /// calls that may move a token into or out of the held list.
     word: AtomicU64,
-    /// After this instant the lease has certainly expired on the server (the last renewal
-    /// reply plus the lease time).
+    /// From this instant on, the lease may have expired on the server: the send time of
+    /// the last successful renewal plus the lease, less a margin.
     expires_by: Mutex<Instant>,
     lost_tx: Mutex<Option<oneshot::Sender<()>>>,
     lost_rx: LostSignal,
@@ -138,14 +138,25 @@ impl Generation {
         self.word.load(Ordering::SeqCst) & RETIRED != 0
     }
 
+    /// A renewal sent earlier succeeded: the lease lasts at least until `expires_by`.
+    /// Replies of concurrent renewals may arrive out of order: the latest deadline wins.
     pub(crate) fn renewed(&self, expires_by: Instant) {
         if let Ok(mut e) = self.expires_by.lock() {
-            *e = expires_by;
+            *e = (*e).max(expires_by);
         }
     }
 
+    /// After this instant the lease may have expired on the server (conservative: counted
+    /// from when the last successful renewal was sent, less a margin).
+    pub(crate) fn expires_by(&self) -> Instant {
+        self.expires_by
+            .lock()
+            .map(|e| *e)
+            .unwrap_or_else(|_| Instant::now())
+    }
+
     pub(crate) fn certainly_expired(&self, now: Instant) -> bool {
-        self.expires_by.lock().map(|e| now >= *e).unwrap_or(true)
+        now >= self.expires_by()
     }
 }
 

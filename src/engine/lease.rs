@@ -1,5 +1,6 @@
-//! Leases: the watchdog that renews this handle's leases and keeps the keys alive, and the
-//! reclaim that gives back the tokens of holders whose lease expired.
+//! Leases: the watchdog that renews this handle's leases, keeps the keys alive and tells
+//! holders the instant a lease may have run out; and the reclaim that gives back the tokens
+//! of holders whose lease expired.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -8,15 +9,27 @@ use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
 use futures::future::{select, Either};
-use redis::RedisResult;
+use redis::{AsyncCommands, RedisResult};
 
 use super::{Engine, Generation, Kind, GRAVE};
 use crate::runtime::Runtime;
-use crate::scripts::{RECLAIM, RENEW};
-use crate::Result;
+use crate::scripts::{DUE, RECLAIM, RENEW};
+use crate::{Error, Result};
+
+/// How many holders one reclaim call handles: bounded work per script call, repeated until
+/// done, so that a mass expiry never blocks Redis for long.
+const BATCH: usize = 64;
+/// At most this many batches per renewal (64 × 64 = 4,096 holders); the rest wait for the
+/// next renewal.
+const MAX_BATCHES: usize = 64;
+/// Retry delay of a failed renewal.
+const RETRY: Duration = Duration::from_millis(250);
 
 /// Renews every `lease / 3` (±20% jitter so that many clients do not renew in step), and
-/// retries sooner after an error.
+/// retries sooner after an error. Between renewals, and while a renewal is in flight, it
+/// wakes at each lease's loss deadline and marks the holder lost: a holder is told on time
+/// whatever the network does. After `close` it only keeps those timers, until every permit
+/// is given back or lost.
 pub(super) fn spawn_watchdog<R: Runtime>(engine: &Arc<Engine<R>>, stop: oneshot::Receiver<()>) {
     let weak: Weak<Engine<R>> = Arc::downgrade(engine);
     let rt = engine.rt.clone();
@@ -26,28 +39,61 @@ pub(super) fn spawn_watchdog<R: Runtime>(engine: &Arc<Engine<R>>, stop: oneshot:
         let mut failing = false;
         loop {
             let wait = if failing {
-                period.min(Duration::from_millis(250))
+                period.min(RETRY)
             } else {
                 period.mul_f64(0.8 + 0.4 * fastrand::f64())
             };
-            let sleep = Box::pin(rt.sleep(wait));
-            if let Either::Left(_) = select(&mut stop, sleep).await {
-                return;
-            }
-            let Some(engine) = weak.upgrade() else { return };
-            failing = renew_once(&engine).await.is_err();
-            if failing {
-                // Redis is unreachable: once a lease has certainly expired on the server,
-                // its holders must stop trusting their permits.
+            let renew_at = Instant::now() + wait;
+            // Sleep until the renewal is due, waking at every loss deadline on the way.
+            loop {
                 let now = Instant::now();
-                for gen in live_gens(&engine) {
-                    if gen.certainly_expired(now) {
-                        engine.lose(&gen);
+                let (closed, next_loss) = {
+                    let Some(engine) = weak.upgrade() else { return };
+                    (engine.is_closed(), engine.lose_expired(now))
+                };
+                let until = match (closed, next_loss) {
+                    (true, None) => return,
+                    (true, Some(loss)) => loss,
+                    (false, loss) if now >= renew_at => {
+                        let _ = loss;
+                        break;
                     }
+                    (false, loss) => loss.map_or(renew_at, |l| l.min(renew_at)),
+                };
+                let sleep = Box::pin(rt.sleep(until.saturating_duration_since(now)));
+                if let Either::Left(_) = select(&mut stop, sleep).await {
+                    return;
                 }
             }
+            let Some(engine) = weak.upgrade() else { return };
+            failing = renew_keeping_time(&engine, &mut stop).await.is_err();
         }
     });
+}
+
+/// One renewal, during which the holders whose lease runs out are told at that instant,
+/// not when the (possibly hung) call returns.
+async fn renew_keeping_time<R: Runtime>(
+    engine: &Arc<Engine<R>>,
+    stop: &mut oneshot::Receiver<()>,
+) -> Result<()> {
+    let renewal = renew_once(engine);
+    futures::pin_mut!(renewal);
+    loop {
+        let timer = match engine.lose_expired(Instant::now()) {
+            Some(loss) => engine
+                .rt
+                .sleep(loss.saturating_duration_since(Instant::now())),
+            // Nothing to watch: the call ends by its own deadline.
+            None => engine.rt.sleep(engine.cfg.lease),
+        };
+        let timer = Box::pin(timer);
+        match select(renewal.as_mut(), select(timer, &mut *stop)).await {
+            Either::Left((res, _)) => return res,
+            Either::Right((Either::Left(_), _)) => continue,
+            Either::Right((Either::Right(_), _)) => return Ok(()),
+        }
+    }
 }
 
 fn live_gens<R: Runtime>(engine: &Engine<R>) -> Vec<Arc<Generation>> {
@@ -63,6 +109,9 @@ fn live_gens<R: Runtime>(engine: &Engine<R>) -> Vec<Arc<Generation>> {
 /// One renewal: extends this handle's leases, keeps the keys alive, re-creates a pool whose
 /// metadata vanished (Redis restarted without persistence), and reclaims expired holders.
 pub(crate) async fn renew_once<R: Runtime>(engine: &Arc<Engine<R>>) -> Result<()> {
+    if engine.is_closed() {
+        return Ok(());
+    }
     let gens = live_gens(engine);
     let keys = &engine.cfg.keys;
     let meta = keys.meta.as_ref().unwrap_or(&keys.pool);
@@ -82,9 +131,10 @@ pub(crate) async fn renew_once<R: Runtime>(engine: &Arc<Engine<R>>) -> Result<()
         inv.arg(&g.id);
     }
     let mut conn = engine.conn.clone();
-    let (meta_ok, status, expired, graves): (i64, Vec<i64>, Vec<String>, Vec<String>) =
-        inv.invoke_async(&mut conn).await?;
-    let expires_by = Instant::now() + engine.cfg.lease;
+    let sent = Instant::now();
+    type Renewed = (i64, Vec<i64>, Vec<String>, Vec<String>, Vec<String>);
+    let (meta_ok, status, expired, due, newest): Renewed = inv.invoke_async(&mut conn).await?;
+    let expires_by = engine.loss_deadline(sent);
     for (gen, renewed) in gens.iter().zip(status) {
         if renewed == 1 {
             gen.renewed(expires_by);
@@ -94,21 +144,52 @@ pub(crate) async fn renew_once<R: Runtime>(engine: &Arc<Engine<R>>) -> Result<()
     }
     let count = engine.count.load(std::sync::atomic::Ordering::Acquire);
     if meta_ok == 0 && engine.cfg.kind == Kind::Semaphore && count > 0 && !engine.is_closed() {
-        crate::init::ensure_pool(engine, count).await?;
+        match crate::init::ensure_pool(engine, count).await {
+            // Nothing this handle can repair: `create` reports it to whoever asks.
+            Ok(_) | Err(Error::MetadataMissing) => {}
+            Err(e) => return Err(e),
+        }
     }
-    let mine: HashSet<&str> = gens
+    let mine: HashSet<String> = gens
         .iter()
         .filter(|g| !g.is_lost())
-        .map(|g| g.id.as_str())
+        .map(|g| g.id.clone())
         .collect();
-    let mut seen = HashSet::new();
-    let others: Vec<String> = expired
+    let mut batch = (expired, due);
+    for round in 0..MAX_BATCHES {
+        let full = batch.0.len() >= BATCH || batch.1.len() >= BATCH;
+        let mut seen = HashSet::new();
+        let mut others: Vec<String> = batch.0.into_iter().chain(batch.1).collect();
+        if round == 0 {
+            others.extend(newest.iter().cloned());
+        }
+        others.retain(|h| !mine.contains(h) && seen.insert(h.clone()));
+        for chunk in others.chunks(BATCH) {
+            reclaim_call(engine, chunk.to_vec(), 0).await?;
+        }
+        if !full {
+            break;
+        }
+        let mut inv = DUE.prepare_invoke();
+        inv.key(&keys.leases).key(&keys.graves);
+        batch = inv.invoke_async(&mut conn).await?;
+    }
+    Ok(())
+}
+
+/// Gives up every lease whose holder id starts with `holder_base` (every generation of one
+/// handle, including those whose retirement is still in flight), with whatever their lists
+/// hold, in bounded batches.
+pub(super) async fn give_up_all<R: Runtime>(engine: &Engine<R>, holder_base: &str) -> Result<()> {
+    let mut conn = engine.conn.clone();
+    let holders: Vec<String> = conn.zrange(&engine.cfg.keys.leases, 0, -1).await?;
+    let prefix = format!("{holder_base}-");
+    let mine: Vec<String> = holders
         .into_iter()
-        .chain(graves)
-        .filter(|h| !mine.contains(h.as_str()) && seen.insert(h.clone()))
+        .filter(|h| h.starts_with(&prefix))
         .collect();
-    if !others.is_empty() {
-        reclaim_call(engine, others, 0).await?;
+    for chunk in mine.chunks(BATCH) {
+        reclaim_call(engine, chunk.to_vec(), chunk.len()).await?;
     }
     Ok(())
 }
@@ -122,6 +203,7 @@ pub(super) fn reclaim_call<R: Runtime>(
 ) -> impl Future<Output = RedisResult<i64>> + Send + 'static {
     let keys = engine.cfg.keys.clone();
     let ttl = engine.key_ttl_ms();
+    let graves_ttl = engine.ttl_ms() + GRAVE.as_millis() as u64;
     let side = engine.give_back_side();
     let mut conn = engine.conn.clone();
     async move {
@@ -133,7 +215,8 @@ pub(super) fn reclaim_call<R: Runtime>(
         inv.arg(ttl)
             .arg(GRAVE.as_millis() as u64)
             .arg(side)
-            .arg(force);
+            .arg(force)
+            .arg(graves_ttl);
         for h in &holders {
             inv.arg(h);
         }

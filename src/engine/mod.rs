@@ -17,9 +17,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::AsyncConnectionConfig;
+use redis::aio::MultiplexedConnection;
 
+use crate::connection::SharedConn;
 use crate::keys::Keys;
 use crate::runtime::Runtime;
 use crate::{Error, Result};
@@ -41,6 +41,11 @@ const GRAVE: Duration = Duration::from_secs(60);
 const MAX_BLOCK: Duration = Duration::from_secs(2);
 /// Attempts to retire a generation before leaving it to lease expiry.
 const RETIRE_ATTEMPTS: usize = 5;
+/// The shortest and longest lease a builder accepts.
+pub(crate) const MIN_LEASE: Duration = Duration::from_millis(100);
+pub(crate) const MAX_LEASE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The longest response timeout a builder accepts.
+pub(crate) const MAX_RESPONSE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// What the pool holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +66,8 @@ pub(crate) struct Config {
     pub handoff_limit: u32,
     pub response_timeout: Duration,
     pub init: crate::InitStrategy,
+    /// Refuse a server whose eviction policy can delete this primitive's keys.
+    pub check_eviction: bool,
 }
 
 type Waiter<R> = oneshot::Sender<Result<Held<R>>>;
@@ -107,14 +114,15 @@ struct State<R: Runtime> {
     detached: Vec<Arc<Generation>>,
     /// Stops the watchdog.
     stop_watchdog: Option<oneshot::Sender<()>>,
+    /// Told when the last pump has stopped (see [`Engine::shutdown`]).
+    pumps_stopped: Vec<oneshot::Sender<()>>,
 }
 
 /// One handle's view of one primitive in Redis.
 pub(crate) struct Engine<R: Runtime> {
     pub rt: R,
-    pub client: redis::Client,
     /// The shared multiplexed connection: everything but blocking waits.
-    pub conn: ConnectionManager,
+    pub conn: SharedConn,
     pub cfg: Config,
     /// The permit count once known (0 until then); events leave it 0.
     pub count: AtomicU32,
@@ -123,6 +131,9 @@ pub(crate) struct Engine<R: Runtime> {
     /// Numbers the blocking waits, to find a pump's switch again.
     next_block: AtomicU64,
     closed: AtomicBool,
+    /// Set once Redis refused `CLIENT UNBLOCK` (ACL, managed service): blocking waits are
+    /// then cut short by dropping their connection.
+    pub(crate) unblock_refused: AtomicBool,
     /// Milliseconds since `started` of the last reclaim pass a waiter asked for.
     last_kick: AtomicU64,
     /// Milliseconds since `started` until which the fast path is skipped (0: never).
@@ -146,25 +157,14 @@ impl<R: Runtime> Engine<R> {
     /// Connects and starts the lease watchdog.
     pub(crate) async fn start(client: &redis::Client, cfg: Config) -> Result<Arc<Self>> {
         let rt = R::try_current()?;
-        if cfg.lease < Duration::from_millis(100) {
-            return Err(Error::InvalidArgument(format!(
-                "lease_ttl must be at least 100 ms, got {:?}",
-                cfg.lease
-            )));
+        let client = crate::connection::with_tcp_settings(client)?;
+        let conn = SharedConn::connect(client, cfg.response_timeout).await?;
+        if cfg.check_eviction {
+            crate::connection::check_eviction_policy(&conn).await?;
         }
-        let conn = client
-            .get_connection_manager_with_config(
-                ConnectionManagerConfig::new()
-                    .set_response_timeout(Some(cfg.response_timeout))
-                    .set_connection_timeout(Some(cfg.response_timeout))
-                    .set_number_of_retries(2)
-                    .set_max_delay(Duration::from_millis(500)),
-            )
-            .await?;
         let (stop_tx, stop_rx) = oneshot::channel();
         let engine = Arc::new(Engine {
             rt,
-            client: client.clone(),
             conn,
             cfg,
             count: AtomicU32::new(0),
@@ -172,6 +172,7 @@ impl<R: Runtime> Engine<R> {
             next_gen: AtomicU64::new(0),
             next_block: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            unblock_refused: AtomicBool::new(false),
             last_kick: AtomicU64::new(0),
             empty_until: AtomicU64::new(0),
             started: Instant::now(),
@@ -187,6 +188,7 @@ impl<R: Runtime> Engine<R> {
                 detached: Vec::new(),
                 outbox: Vec::new(),
                 stop_watchdog: Some(stop_tx),
+                pumps_stopped: Vec::new(),
             }),
         });
         lease::spawn_watchdog(&engine, stop_rx);
@@ -253,6 +255,8 @@ impl<R: Runtime> Engine<R> {
         let id = format!("{}-{n}", self.holder_base);
         let held_key = self.cfg.keys.held(&id);
         let mut conn = self.conn.clone();
+        // The lease is counted from before the request is sent: the server starts it later.
+        let sent = Instant::now();
         let _: i64 = crate::scripts::REGISTER
             .key(&self.cfg.keys.leases)
             .arg(&id)
@@ -260,11 +264,7 @@ impl<R: Runtime> Engine<R> {
             .arg(self.key_ttl_ms())
             .invoke_async(&mut conn)
             .await?;
-        let gen = Arc::new(Generation::new(
-            id,
-            held_key,
-            Instant::now() + self.cfg.lease,
-        ));
+        let gen = Arc::new(Generation::new(id, held_key, self.loss_deadline(sent)));
         let mut st = self.state();
         if self.is_closed() {
             gen.mark_dirty();
@@ -347,17 +347,41 @@ impl<R: Runtime> Engine<R> {
         });
     }
 
-    /// Stops the watchdog and the pumps, fails local waiters with [`Error::Closed`], and
-    /// gives up the leases of generations that hold nothing.
+    /// The instant by which a lease renewed (or started) by a request sent at `sent` has
+    /// certainly expired on the server, less a margin for timers that fire late: the server
+    /// extends a lease from the moment it runs the request, which is after `sent`.
+    pub(crate) fn loss_deadline(&self, sent: Instant) -> Instant {
+        sent + self.cfg.lease - loss_margin(self.cfg.lease)
+    }
+
+    /// Marks lost every generation whose lease has certainly expired by `now`; returns the
+    /// earliest loss deadline of those left.
+    pub(crate) fn lose_expired(&self, now: Instant) -> Option<Instant> {
+        let gens: Vec<Arc<Generation>> = self.state().gens.clone();
+        let mut next: Option<Instant> = None;
+        for gen in gens {
+            if gen.is_lost() || gen.is_retired() {
+                continue;
+            }
+            let by = gen.expires_by();
+            if now >= by {
+                self.lose(&gen);
+            } else {
+                next = Some(next.map_or(by, |n| n.min(by)));
+            }
+        }
+        next
+    }
+
+    /// Stops renewing, stops the pumps, fails local waiters with [`Error::Closed`], and
+    /// gives up the leases of generations that hold nothing. Permits still out keep their
+    /// lease until it expires; the watchdog marks them lost at that instant.
     pub(crate) fn close(&self) {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
         let (waiters, gens) = {
             let mut st = self.state();
-            if let Some(stop) = st.stop_watchdog.take() {
-                let _ = stop.send(());
-            }
             st.current = None;
             st.idle.clear();
             // Dropping the switches cuts every blocked pump's wait short.
@@ -375,9 +399,48 @@ impl<R: Runtime> Engine<R> {
         }
     }
 
+    /// Closes the handle and leaves nothing of it in Redis: sends the releases of dropped
+    /// permits, gives back permits kept without a guard, lets cut-short blocking waits give
+    /// back what they got, then gives up every lease of this handle with whatever its lists
+    /// still hold. Permits still out are marked lost.
+    pub(crate) async fn shutdown(self: &Arc<Self>) -> Result<()> {
+        self.close();
+        // No lease registration may be in flight past this point: later ones see `closed`.
+        let registering = self.register_lock.lock().await;
+        drop(registering);
+        let detached = std::mem::take(&mut self.state().detached);
+        let give_backs = detached.into_iter().map(|gen| self.give_back(gen));
+        let ((), _) = futures::join!(self.flush_outbox(), futures::future::join_all(give_backs));
+        self.pumps_stopped().await;
+        let gens: Vec<Arc<Generation>> = self.state().gens.clone();
+        let out = lease::give_up_all(self, &self.holder_base).await;
+        for gen in gens {
+            self.lose(&gen);
+        }
+        out
+    }
+
+    /// Resolves once no pump runs (bounded: a pump's blocking wait has a deadline).
+    async fn pumps_stopped(&self) {
+        let rx = {
+            let mut st = self.state();
+            if st.pumps == 0 {
+                return;
+            }
+            let (tx, rx) = oneshot::channel();
+            st.pumps_stopped.push(tx);
+            rx
+        };
+        let bound = MAX_BLOCK + self.cfg.response_timeout * 2;
+        let _ = crate::runtime::timeout(&self.rt, bound, rx).await;
+    }
+
     /// Nudges a reclaim pass (rate limited): a client about to block, or whose wait timed
     /// out, checks for crashed holders without waiting for its watchdog.
     pub(crate) fn kick_reclaim(self: &Arc<Self>) {
+        if self.is_closed() {
+            return;
+        }
         let now = self.started.elapsed().as_millis() as u64;
         let last = self.last_kick.load(Ordering::Relaxed);
         let min_gap = (self.cfg.lease.as_millis() as u64 / 10).clamp(50, 1000);
@@ -406,24 +469,26 @@ impl<R: Runtime> Engine<R> {
         Some(Held::adopt(self.clone(), gen))
     }
 
-    /// A dedicated connection with no response timeout, for blocking waits only.
-    async fn blocking_conn(&self) -> Result<BlockingConn> {
+    /// A dedicated connection for blocking waits only; every request on it, a wait of up
+    /// to `block` included, has a deadline.
+    async fn blocking_conn(&self, block: Duration) -> Result<BlockingConn> {
         if let Some(c) = self.state().idle.pop() {
             return Ok(c);
         }
-        let cfg = AsyncConnectionConfig::new()
-            .set_response_timeout(None)
-            .set_connection_timeout(Some(self.cfg.response_timeout));
-        let mut conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await?;
+        let mut conn = self.conn.dedicated(block).await?;
         let id: i64 = redis::cmd("CLIENT")
             .arg("ID")
             .query_async(&mut conn)
             .await?;
         Ok(BlockingConn { conn, id })
     }
+}
+
+/// How much earlier than the lease a holder counts its permits lost: timers and the
+/// wake-up of a task that awaits `lost()` may run late by a few milliseconds on a loaded
+/// machine, and a permit must never be trusted after another client could be granted it.
+pub(crate) fn loss_margin(lease: Duration) -> Duration {
+    (lease / 10).min(Duration::from_secs(1))
 }
 
 impl<R: Runtime> Drop for Engine<R> {
@@ -433,6 +498,9 @@ impl<R: Runtime> Drop for Engine<R> {
         let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
         if let Some(stop) = st.stop_watchdog.take() {
             let _ = stop.send(());
+        }
+        for tx in st.pumps_stopped.drain(..) {
+            let _ = tx.send(());
         }
         let ids: Vec<String> = st
             .gens

@@ -15,7 +15,7 @@ use futures::future::{join_all, select, Either, FutureExt};
 use redis::RedisResult;
 
 use super::{
-    Blocked, BlockingConn, Detachable, Engine, Generation, Held, Kind, Settled, MAX_BLOCK,
+    Blocked, BlockingConn, Detachable, Engine, Generation, Held, Kind, Settled, State, MAX_BLOCK,
 };
 use crate::runtime::Runtime;
 use crate::scripts::{GIVE_BACK, TAKE};
@@ -25,6 +25,16 @@ use crate::{Error, Result};
 const LEASE_RETRIES: usize = 3;
 /// How long, after the fast path found the pool empty, acquires queue without trying it.
 const EMPTY_POOL_MEMORY_MS: u64 = 50;
+/// The longest a timed-out acquire waits for cut-short blocking waits to settle.
+const SETTLE_GRACE: Duration = Duration::from_millis(250);
+
+/// How a blocking wait ended.
+enum Outcome {
+    /// Redis answered (a token, nil, or an error).
+    Reply(RedisResult<Option<String>>),
+    /// The wait was cut short by dropping its connection: outcome unknown.
+    Abandoned,
+}
 
 impl<R: Runtime> Engine<R> {
     /// Takes a token, waiting as long as it takes.
@@ -47,10 +57,17 @@ impl<R: Runtime> Engine<R> {
     }
 
     /// Gives back, concurrently, the tokens of permits dropped since the last flush.
-    async fn flush_outbox(self: &Arc<Self>) {
+    ///
+    /// Every give-back is under way before this future is first polled further: dropped
+    /// early (a cancelled acquire, or children left unpolled by tokio's coop budget), each
+    /// still completes on the runtime.
+    pub(crate) fn flush_outbox(self: &Arc<Self>) -> impl std::future::Future<Output = ()> {
         let gens = std::mem::take(&mut self.state().outbox);
-        if !gens.is_empty() {
-            join_all(gens.into_iter().map(|gen| self.give_back(gen))).await;
+        let calls: Vec<_> = gens.into_iter().map(|gen| self.give_back(gen)).collect();
+        async move {
+            if !calls.is_empty() {
+                join_all(calls).await;
+            }
         }
     }
 
@@ -92,7 +109,12 @@ impl<R: Runtime> Engine<R> {
                 // A new lease, or after a dropped connection a new generation (the old one
                 // gives back what it may have taken once drained): try again.
                 Err(Error::LeaseLost) => continue,
-                Err(Error::Redis(e)) if attempt + 1 < LEASE_RETRIES && outcome_unknown(&e) => {
+                // Unknown outcome (the connection is replaced), or the script cache was
+                // flushed between loading the script and running it: try again.
+                Err(Error::Redis(e))
+                    if attempt + 1 < LEASE_RETRIES
+                        && (outcome_unknown(&e) || e.code() == Some("NOSCRIPT")) =>
+                {
                     continue
                 }
                 other => return other,
@@ -193,6 +215,17 @@ impl<R: Runtime> Engine<R> {
         for w in waiters {
             let _ = w.send(Err(err.clone()));
         }
+        self.trim_pumps();
+    }
+
+    /// A pump stops; the last one tells whoever waits for that (shutdown).
+    fn pump_exits(&self, st: &mut State<R>) {
+        st.pumps -= 1;
+        if st.pumps == 0 {
+            for tx in st.pumps_stopped.drain(..) {
+                let _ = tx.send(());
+            }
+        }
     }
 
     /// Blocks on Redis for local waiters until there are none.
@@ -207,19 +240,19 @@ impl<R: Runtime> Engine<R> {
                 let mut st = self.state();
                 st.waiters.retain(|w| !w.is_canceled());
                 if st.waiters.is_empty() || self.is_closed() {
-                    st.pumps -= 1;
                     if let Some(c) = conn.take() {
                         if !self.is_closed() && st.idle.len() < self.cfg.max_blocking {
                             st.idle.push(c);
                         }
                     }
+                    self.pump_exits(&mut st);
                     return;
                 }
             }
             // The connection first: the generation is reserved right before the move.
             let mut c = match conn.take() {
                 Some(c) => c,
-                None => match self.blocking_conn().await {
+                None => match self.blocking_conn(block).await {
                     Ok(c) => c,
                     Err(e) => {
                         self.fail_waiters(e);
@@ -229,13 +262,28 @@ impl<R: Runtime> Engine<R> {
             };
             let gen = match self.reserve_gen().await {
                 Ok(g) => g,
+                Err(Error::Redis(e)) if failures == 0 && outcome_unknown(&e) => {
+                    // The shared connection was replaced: try once more before failing.
+                    failures += 1;
+                    conn = Some(c);
+                    continue;
+                }
                 Err(e) => {
                     conn = Some(c);
                     self.fail_waiters(e);
                     continue;
                 }
             };
-            let (reply, _settled) = self.block_once(&mut c, &gen, block).await;
+            let (reply, _settled) = match self.block_once(&mut c, &gen, block).await {
+                (Outcome::Reply(reply), settled) => (reply, settled),
+                (Outcome::Abandoned, _settled) => {
+                    // Cut short by dropping the connection: unknown whether the move
+                    // happened, so the generation gives back whatever it got once drained.
+                    gen.end_call();
+                    self.taint(&gen);
+                    continue;
+                }
+            };
             match reply {
                 Ok(Some(_)) => {
                     let held = Held::new(self.clone(), gen.clone(), 0);
@@ -260,9 +308,14 @@ impl<R: Runtime> Engine<R> {
                 }
                 Err(e) => {
                     // Unknown whether the move happened: the generation is retired once
-                    // drained, which gives back a token that did move.
+                    // drained, which gives back a token that did move. A connection that
+                    // missed its deadline is silent: the shared one, opened the same way,
+                    // likely is too, so it is replaced before the next request.
                     gen.end_call();
                     self.taint(&gen);
+                    if e.is_timeout() {
+                        self.conn.reset();
+                    }
                     failures += 1;
                     if failures >= 2 {
                         self.fail_waiters(e.into());
@@ -277,13 +330,15 @@ impl<R: Runtime> Engine<R> {
     /// One `BLMOVE pool -> held list`. When the local waiters it blocks for are all gone,
     /// the wait is cut short with `CLIENT UNBLOCK` from the shared connection, so that it
     /// does not take a permit nobody here wants; the reply (a token or nil) still arrives,
-    /// so the outcome stays known.
+    /// so the outcome stays known. Where Redis refuses `CLIENT UNBLOCK` (an ACL, a managed
+    /// service), or it fails, the wait is abandoned instead: its connection is dropped,
+    /// which ends the wait on the server, and the outcome is unknown.
     async fn block_once(
         &self,
         c: &mut BlockingConn,
         gen: &Generation,
         block: Duration,
-    ) -> (RedisResult<Option<String>>, oneshot::Sender<()>) {
+    ) -> (Outcome, oneshot::Sender<()>) {
         let (switch, cut) = oneshot::channel();
         let (settled_tx, settled) = oneshot::channel();
         let ticket = self.next_block.fetch_add(1, Ordering::Relaxed);
@@ -300,17 +355,29 @@ impl<R: Runtime> Engine<R> {
             .arg(block.as_secs_f64());
         let wait = cmd.query_async::<Option<String>>(&mut c.conn);
         futures::pin_mut!(wait);
+        // A waiter may have left while this pump was getting ready.
+        self.trim_pumps();
         let reply = match select(wait, cut).await {
-            Either::Left((reply, _)) => reply,
-            Either::Right((_, wait)) => {
+            Either::Left((reply, _)) => Outcome::Reply(reply),
+            Either::Right((_, wait)) if !self.unblock_refused.load(Ordering::Relaxed) => {
                 let mut shared = self.conn.clone();
-                let _: RedisResult<i64> = redis::cmd("CLIENT")
+                let unblocked: RedisResult<i64> = redis::cmd("CLIENT")
                     .arg("UNBLOCK")
                     .arg(c.id)
                     .query_async(&mut shared)
                     .await;
-                wait.await
+                match unblocked {
+                    Ok(_) => Outcome::Reply(wait.await),
+                    Err(e) => {
+                        if !outcome_unknown(&e) {
+                            // Refused (NOPERM, unknown command): never ask again.
+                            self.unblock_refused.store(true, Ordering::Relaxed);
+                        }
+                        Outcome::Abandoned
+                    }
+                }
             }
+            Either::Right(_) => Outcome::Abandoned,
         };
         self.state().blocked.retain(|b| b.ticket != ticket);
         // The caller drops this once it has delivered or given back what the wait got.
@@ -335,13 +402,15 @@ impl<R: Runtime> Engine<R> {
 
     /// After a timed-out wait: waits until the blocking waits cut short for lack of
     /// waiters have given back what they got, so that a permit released right after the
-    /// timeout is seen free by everyone (bounded by the response timeout).
+    /// timeout is seen free by everyone; at most [`SETTLE_GRACE`] (a slow Redis never makes
+    /// a timeout late by more).
     pub(crate) async fn settle_cut_waits(&self) {
         self.trim_pumps();
         let settling: Vec<Settled> = self.state().settling.clone();
         if !settling.is_empty() {
             let all = futures::future::join_all(settling);
-            let _ = crate::runtime::timeout(&self.rt, self.cfg.response_timeout, all).await;
+            let grace = self.cfg.response_timeout.min(SETTLE_GRACE);
+            let _ = crate::runtime::timeout(&self.rt, grace, all).await;
         }
     }
 
@@ -418,7 +487,13 @@ impl<R: Runtime> Engine<R> {
 
     /// Moves one token of `gen` (already disarmed by the caller, still counted as
     /// outstanding) from the holder's list back to the pool in Redis.
-    pub(crate) async fn give_back(self: &Arc<Self>, gen: Arc<Generation>) -> Result<()> {
+    ///
+    /// The call is set up before the returned future is first polled: dropping it, polled
+    /// or not, leaves the give-back to complete on the runtime.
+    pub(crate) fn give_back(
+        self: &Arc<Self>,
+        gen: Arc<Generation>,
+    ) -> impl std::future::Future<Output = Result<()>> {
         // Even for a lost lease the move is attempted: a blocking move that landed after the
         // reclaim left a token there that belongs to nobody.
         let mut conn = self.conn.clone();
@@ -436,11 +511,14 @@ impl<R: Runtime> Engine<R> {
                 .await
         };
         let (engine, g) = (self.clone(), gen.clone());
-        let reply = Detachable::new(self.rt.clone(), call, move |reply| {
+        let call = Detachable::new(self.rt.clone(), call, move |reply| {
             let _ = engine.settle_give_back(&g, reply);
-        })
-        .await;
-        self.settle_give_back(&gen, reply)
+        });
+        let engine = self.clone();
+        async move {
+            let reply = call.await;
+            engine.settle_give_back(&gen, reply)
+        }
     }
 
     fn settle_give_back(&self, gen: &Arc<Generation>, reply: RedisResult<i64>) -> Result<()> {
@@ -452,7 +530,17 @@ impl<R: Runtime> Engine<R> {
                 self.lose(gen);
                 Err(Error::LeaseLost)
             }
+            // Unknown whether it moved: the generation, now dirty, is retired once drained,
+            // which gives back whatever its list still holds (or, if Redis stays out of
+            // reach, its lease expires and another client reclaims it). The permit comes
+            // back either way: not the caller's problem.
+            Err(e) if outcome_unknown(&e) => {
+                gen.mark_dirty();
+                Ok(())
+            }
             Err(e) => {
+                // An error reply: nothing moved, and the token stays in the list until the
+                // generation, now dirty, is retired.
                 gen.mark_dirty();
                 Err(e.into())
             }
