@@ -20,11 +20,18 @@ pub struct RedisServer {
     pub url: String,
     dir: PathBuf,
     child: Option<Child>,
+    /// Extra `redis-server` arguments, each already shell-quoted.
+    extra: String,
 }
 
 impl RedisServer {
     /// Starts a server on a free loopback port and waits until it answers.
     pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra `redis-server` arguments (e.g. `["--maxmemory", "100mb"]`).
+    pub fn start_with(args: &[&str]) -> RedisServer {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("redis-sync-{}-{port}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
@@ -33,6 +40,11 @@ impl RedisServer {
             url: format!("redis://127.0.0.1:{port}/"),
             dir,
             child: None,
+            extra: args
+                .iter()
+                .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+                .collect::<Vec<_>>()
+                .join(" "),
         };
         server.spawn();
         server
@@ -42,13 +54,14 @@ impl RedisServer {
         // The watcher shell stops redis-server when this process dies, even by SIGKILL.
         let script = format!(
             "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no \
-             --dir '{dir}' --loglevel warning --maxclients 20000 & rp=$!; \
+             --dir '{dir}' --loglevel warning --maxclients 20000 {extra} & rp=$!; \
              trap 'kill $rp 2>/dev/null; exit 0' TERM INT; \
              while kill -0 {parent} 2>/dev/null && kill -0 $rp 2>/dev/null; do sleep 0.2; done; \
              kill $rp 2>/dev/null; wait $rp",
             port = self.port,
             dir = self.dir.display(),
             parent = std::process::id(),
+            extra = self.extra,
         );
         let child = Command::new("sh")
             .arg("-c")
