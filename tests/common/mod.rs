@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod server;
+pub mod tls;
 
 #[allow(unused_imports)]
 pub use server::{redis_url, RedisServer};
