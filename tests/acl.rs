@@ -22,29 +22,30 @@ const COMMANDS: &str = "+evalsha +script|load +blmove +client|id +info \
      +hget +hset +hexists +watch +unwatch +multi +exec";
 const KEYS: &str = "~redsync:semaphore:* ~redsync:event:* ~acl-app:*";
 
-/// One server per test binary, with the restricted user `sync`.
-fn acl_client() -> redis::Client {
-    static SERVER: OnceLock<common::RedisServer> = OnceLock::new();
-    let server = SERVER.get_or_init(|| {
-        let server = common::RedisServer::start();
-        let mut admin = redis::Client::open(server.url.as_str())
-            .unwrap()
-            .get_connection()
-            .unwrap();
-        let mut cmd = redis::cmd("ACL");
-        cmd.arg("SETUSER").arg("sync").arg("reset").arg("on").arg(">s3cret");
-        for rule in KEYS.split_whitespace().chain(COMMANDS.split_whitespace()) {
-            cmd.arg(rule);
-        }
-        let _: () = cmd.query(&mut admin).unwrap();
-        server
-    });
+/// A server with the restricted user `sync`.
+fn acl_server() -> common::RedisServer {
+    let server = common::RedisServer::start();
+    let mut admin = redis::Client::open(server.url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let mut cmd = redis::cmd("ACL");
+    cmd.arg("SETUSER").arg("sync").arg("reset").arg("on").arg(">s3cret");
+    for rule in KEYS.split_whitespace().chain(COMMANDS.split_whitespace()) {
+        cmd.arg(rule);
+    }
+    let _: () = cmd.query(&mut admin).unwrap();
+    server
+}
+
+fn user_client(server: &common::RedisServer) -> redis::Client {
     redis::Client::open(format!("redis://sync:s3cret@127.0.0.1:{}/", server.port)).unwrap()
 }
 
-fn admin() -> redis::Client {
-    let url = acl_client().get_connection_info().addr().to_string();
-    redis::Client::open(format!("redis://{url}/")).unwrap()
+/// The restricted user's client on a server shared by this test binary.
+fn acl_client() -> redis::Client {
+    static SERVER: OnceLock<common::RedisServer> = OnceLock::new();
+    user_client(SERVER.get_or_init(acl_server))
 }
 
 runtime_tests! {
@@ -116,7 +117,9 @@ async fn event_through_acl<R: Runtime>() {
 /// The user really lacks `CLIENT UNBLOCK`; a wait cut short leaves no blocked client and no
 /// permit in limbo.
 async fn acl_denies_client_unblock<R: Runtime>() {
-    let client = acl_client();
+    // A server of its own: the test counts every blocked client on it.
+    let server = acl_server();
+    let client = user_client(&server);
     let mut conn = raw_conn(&client).await;
     let err = redis::cmd("CLIENT")
         .arg("UNBLOCK")
@@ -127,34 +130,43 @@ async fn acl_denies_client_unblock<R: Runtime>() {
     assert_eq!(err.code(), Some("NOPERM"), "{err}");
 
     let name = common::unique_prefix("acl-unblock");
+    // A 20 s lease makes each blocking wait 2 s long: a wait still blocked 1 s after its
+    // waiter left was not cut short.
     let sem = Semaphore::<R>::builder(&client, &name)
-        .lease_ttl(Duration::from_secs(5))
+        .lease_ttl(Duration::from_secs(20))
         .create(1)
         .await
         .unwrap();
     let held = sem.acquire().await.unwrap();
-    assert!(sem.acquire_timeout(Duration::from_millis(200)).await.is_err());
-    let mut admin = raw_conn(&admin()).await;
-    scenarios::eventually::<R, _, _, _>("no blocked client of this semaphore", || {
-        let mut admin = admin.clone();
-        let name = name.clone();
-        async move {
-            let list: String = redis::cmd("CLIENT")
-                .arg("LIST")
-                .query_async(&mut admin)
-                .await
-                .map_err(|e| e.to_string())?;
-            let _ = name;
-            let blocked = list.lines().filter(|l| l.contains("cmd=blmove")).count();
-            if blocked == 0 {
-                Ok(())
-            } else {
-                Err(list)
-            }
+    assert!(sem.acquire_timeout(Duration::from_millis(300)).await.is_err());
+    let left_at = std::time::Instant::now();
+    let admin_client = redis::Client::open(server.url.as_str()).unwrap();
+    let mut admin = raw_conn(&admin_client).await;
+    loop {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        if !list.lines().any(|l| l.contains("user=sync") && l.contains("cmd=blmove")) {
+            break;
         }
-    })
-    .await;
-    let _: () = redis::cmd("PING").query_async(&mut admin).await.unwrap();
+        assert!(
+            left_at.elapsed() < Duration::from_secs(1),
+            "a blocking wait nobody needs is still blocked: {list}"
+        );
+        scenarios::sleep::<R>(Duration::from_millis(10)).await;
+    }
+    // The library did ask, was refused, and fell back.
+    let log: Vec<redis::Value> = redis::cmd("ACL")
+        .arg("LOG")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert!(
+        format!("{log:?}").contains("client|unblock"),
+        "no refused CLIENT UNBLOCK in the ACL log: {log:?}"
+    );
     held.release().await.unwrap();
     let state = wait_all_free(&sem).await;
     assert_eq!(state.free, 1);
