@@ -30,7 +30,11 @@ fn acl_server() -> common::RedisServer {
         .get_connection()
         .unwrap();
     let mut cmd = redis::cmd("ACL");
-    cmd.arg("SETUSER").arg("sync").arg("reset").arg("on").arg(">s3cret");
+    cmd.arg("SETUSER")
+        .arg("sync")
+        .arg("reset")
+        .arg("on")
+        .arg(">s3cret");
     for rule in KEYS.split_whitespace().chain(COMMANDS.split_whitespace()) {
         cmd.arg(rule);
     }
@@ -138,7 +142,10 @@ async fn acl_denies_client_unblock<R: Runtime>() {
         .await
         .unwrap();
     let held = sem.acquire().await.unwrap();
-    assert!(sem.acquire_timeout(Duration::from_millis(300)).await.is_err());
+    assert!(sem
+        .acquire_timeout(Duration::from_millis(300))
+        .await
+        .is_err());
     let left_at = std::time::Instant::now();
     let admin_client = redis::Client::open(server.url.as_str()).unwrap();
     let mut admin = raw_conn(&admin_client).await;
@@ -148,7 +155,10 @@ async fn acl_denies_client_unblock<R: Runtime>() {
             .query_async(&mut admin)
             .await
             .unwrap();
-        if !list.lines().any(|l| l.contains("user=sync") && l.contains("cmd=blmove")) {
+        if !list
+            .lines()
+            .any(|l| l.contains("user=sync") && l.contains("cmd=blmove"))
+        {
             break;
         }
         assert!(

@@ -112,7 +112,10 @@ async fn close_marks_held_permits_lost_at_expiry<R: Runtime>() {
     let permit = a.acquire().await.unwrap();
     let closed_at = Instant::now();
     a.close();
-    assert!(!permit.is_lost(), "close does not end a lease that is still valid");
+    assert!(
+        !permit.is_lost(),
+        "close does not end a lease that is still valid"
+    );
     let lost_at = spawn::<R, _>({
         let lost = permit.lost();
         async move {
@@ -161,9 +164,16 @@ async fn eviction_policies_are_refused<R: Runtime>() {
             .map(drop),
         "allkeys-lru",
     );
-    refused(Event::<R>::open(&client, "evict").await.map(drop), "allkeys-lru");
+    refused(
+        Event::<R>::open(&client, "evict").await.map(drop),
+        "allkeys-lru",
+    );
     let mut raw = raw_conn(&client).await;
-    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut raw).await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
     assert!(keys.is_empty(), "a refused create wrote {keys:?}");
 
     let sem = Semaphore::<R>::builder(&client, "evict")
@@ -225,21 +235,37 @@ async fn eviction_policies_are_refused<R: Runtime>() {
 async fn huge_or_zero_options_are_refused<R: Runtime>() {
     let client = common::client();
     let name = common::unique_prefix("options");
-    for lease in [Duration::MAX, Duration::from_secs(u64::MAX / 2), Duration::from_millis(99)] {
+    for lease in [
+        Duration::MAX,
+        Duration::from_secs(u64::MAX / 2),
+        Duration::from_millis(99),
+    ] {
         let res = Semaphore::<R>::builder(&client, &name)
             .lease_ttl(lease)
             .create(1)
             .await;
-        assert!(matches!(res, Err(Error::InvalidArgument(_))), "{lease:?}: {res:?}");
-        let res = Event::<R>::builder(&client, &name).lease_ttl(lease).open().await;
-        assert!(matches!(res, Err(Error::InvalidArgument(_))), "{lease:?}: {res:?}");
+        assert!(
+            matches!(res, Err(Error::InvalidArgument(_))),
+            "{lease:?}: {res:?}"
+        );
+        let res = Event::<R>::builder(&client, &name)
+            .lease_ttl(lease)
+            .open()
+            .await;
+        assert!(
+            matches!(res, Err(Error::InvalidArgument(_))),
+            "{lease:?}: {res:?}"
+        );
     }
     for timeout in [Duration::ZERO, Duration::MAX] {
         let res = Semaphore::<R>::builder(&client, &name)
             .response_timeout(timeout)
             .attach(Some(Duration::from_millis(1)))
             .await;
-        assert!(matches!(res, Err(Error::InvalidArgument(_))), "{timeout:?}: {res:?}");
+        assert!(
+            matches!(res, Err(Error::InvalidArgument(_))),
+            "{timeout:?}: {res:?}"
+        );
     }
     let mut raw = raw_conn(&client).await;
     let keys: Vec<String> = redis::cmd("KEYS")
