@@ -26,6 +26,25 @@ local function drain(from, to, side)
 end
 "#;
 
+/// Loads every script into the server's script cache, concurrently (one round trip on a
+/// multiplexed connection).
+pub(crate) async fn load_all(conn: &crate::connection::SharedConn) -> redis::RedisResult<()> {
+    let scripts = [
+        &*TAKE,
+        &*GIVE_BACK,
+        &*REGISTER,
+        &*RENEW,
+        &*DUE,
+        &*RECLAIM,
+        &*INIT,
+    ];
+    let loads = scripts.map(|s| {
+        let mut conn = conn.clone();
+        async move { s.load_async(&mut conn).await.map(drop) }
+    });
+    futures::future::try_join_all(loads).await.map(drop)
+}
+
 fn script(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}{body}"))
 }

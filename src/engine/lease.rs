@@ -37,13 +37,16 @@ pub(super) fn spawn_watchdog<R: Runtime>(engine: &Arc<Engine<R>>, stop: oneshot:
     engine.rt.spawn(async move {
         let mut stop = stop;
         let mut failing = false;
+        // Renewals are spaced from when the previous one was sent, not from its reply: on
+        // a slow link the reply then still comes before the lease could run out.
+        let mut last_sent = Instant::now();
         loop {
             let wait = if failing {
                 period.min(RETRY)
             } else {
                 period.mul_f64(0.8 + 0.4 * fastrand::f64())
             };
-            let renew_at = Instant::now() + wait;
+            let renew_at = last_sent + wait;
             // Sleep until the renewal is due, waking at every loss deadline on the way.
             loop {
                 let now = Instant::now();
@@ -54,10 +57,7 @@ pub(super) fn spawn_watchdog<R: Runtime>(engine: &Arc<Engine<R>>, stop: oneshot:
                 let until = match (closed, next_loss) {
                     (true, None) => return,
                     (true, Some(loss)) => loss,
-                    (false, loss) if now >= renew_at => {
-                        let _ = loss;
-                        break;
-                    }
+                    (false, _) if now >= renew_at => break,
                     (false, loss) => loss.map_or(renew_at, |l| l.min(renew_at)),
                 };
                 let sleep = Box::pin(rt.sleep(until.saturating_duration_since(now)));
@@ -66,6 +66,7 @@ pub(super) fn spawn_watchdog<R: Runtime>(engine: &Arc<Engine<R>>, stop: oneshot:
                 }
             }
             let Some(engine) = weak.upgrade() else { return };
+            last_sent = Instant::now();
             failing = renew_keeping_time(&engine, &mut stop).await.is_err();
         }
     });

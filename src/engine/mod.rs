@@ -159,9 +159,19 @@ impl<R: Runtime> Engine<R> {
         let rt = R::try_current()?;
         let client = crate::connection::with_tcp_settings(client)?;
         let conn = SharedConn::connect(client, cfg.response_timeout).await?;
-        if cfg.check_eviction {
-            crate::connection::check_eviction_policy(&conn).await?;
-        }
+        // Both in one round trip on the multiplexed connection. Loading the scripts now
+        // spares the first renewal (and acquire) the NOSCRIPT round trips, which on a slow
+        // link could cost a lease.
+        let eviction = async {
+            if cfg.check_eviction {
+                crate::connection::check_eviction_policy(&conn).await
+            } else {
+                Ok(())
+            }
+        };
+        let (scripts, eviction) = futures::join!(crate::scripts::load_all(&conn), eviction);
+        eviction?;
+        scripts?;
         let (stop_tx, stop_rx) = oneshot::channel();
         let engine = Arc::new(Engine {
             rt,
