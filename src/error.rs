@@ -85,20 +85,6 @@ pub enum Error {
     /// No async runtime of the requested kind is running on this thread.
     #[error("no {0} runtime is running on this thread")]
     NoRuntime(&'static str),
-    /// `create` with [`KeyLayout::Redsync2`](crate::KeyLayout::Redsync2) found the pool
-    /// list but not the metadata hash: permits held by other clients (e.g. Python redsync
-    /// processes, which record no holders) cannot be counted, so topping the pool up could
-    /// create more than `count` permits. Nothing in Redis was changed.
-    #[error(
-        "the semaphore's pool exists but its metadata is gone: with KeyLayout::Redsync2, \
-         permits held by other clients cannot be seen, so it is not re-created; delete its \
-         keys or wait until they expire"
-    )]
-    MetadataMissing,
-    /// Initialising the semaphore failed on every attempt because other clients kept
-    /// changing its keys meanwhile; nothing was created. Retrying later may succeed.
-    #[error("could not initialise the semaphore: other clients kept changing it")]
-    InitContention,
     /// Redis answered with an error or could not be reached.
     #[error("redis error: {0}")]
     Redis(#[from] redis::RedisError),
