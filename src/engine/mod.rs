@@ -343,12 +343,19 @@ impl<R: Runtime> Engine<R> {
         let calls: Vec<_> = (0..RETIRE_ATTEMPTS)
             .map(|_| lease::reclaim_call(self, ids.clone(), 1))
             .collect();
+        // A request of unknown outcome may still be on its way to the server on its
+        // (dropped) connection and land in the list after the reclaim: the list, now a
+        // grave, is swept once more when that can no longer happen.
+        let sweep = lease::reclaim_call(self, ids, 0);
+        let late = self.cfg.response_timeout.min(Duration::from_secs(1));
         self.rt.spawn(async move {
             // Retried while the connection recovers; if every attempt fails, the lease is no
             // longer renewed: it expires and any live client reclaims what is left.
             let mut delay = Duration::from_millis(50);
             for call in calls {
                 if call.await.is_ok() {
+                    engine_rt.sleep(late).await;
+                    let _ = sweep.await;
                     return;
                 }
                 engine_rt.sleep(delay).await;

@@ -25,6 +25,8 @@ use crate::{Error, Result};
 const LEASE_RETRIES: usize = 3;
 /// How long, after the fast path found the pool empty, acquires queue without trying it.
 const EMPTY_POOL_MEMORY_MS: u64 = 50;
+/// `CLIENT UNBLOCK` attempts on a wait that was not blocked yet (2, 4, 8, 16 ms apart).
+const UNBLOCK_TRIES: u32 = 5;
 /// The longest a timed-out acquire waits for cut-short blocking waits to settle.
 const SETTLE_GRACE: Duration = Duration::from_millis(250);
 
@@ -353,35 +355,63 @@ impl<R: Runtime> Engine<R> {
             .arg("LEFT")
             .arg("RIGHT")
             .arg(block.as_secs_f64());
+        // A waiter may have left while this pump was getting ready: then send nothing.
+        let mut cut = cut;
+        self.trim_pumps();
+        if !matches!(cut.try_recv(), Ok(None)) {
+            self.state().blocked.retain(|b| b.ticket != ticket);
+            return (Outcome::Reply(Ok(None)), settled_tx);
+        }
         let wait = cmd.query_async::<Option<String>>(&mut c.conn);
         futures::pin_mut!(wait);
-        // A waiter may have left while this pump was getting ready.
-        self.trim_pumps();
         let reply = match select(wait, cut).await {
             Either::Left((reply, _)) => Outcome::Reply(reply),
             Either::Right((_, wait)) if !self.unblock_refused.load(Ordering::Relaxed) => {
-                let mut shared = self.conn.clone();
-                let unblocked: RedisResult<i64> = redis::cmd("CLIENT")
-                    .arg("UNBLOCK")
-                    .arg(c.id)
-                    .query_async(&mut shared)
-                    .await;
-                match unblocked {
-                    Ok(_) => Outcome::Reply(wait.await),
-                    Err(e) => {
-                        if !outcome_unknown(&e) {
-                            // Refused (NOPERM, unknown command): never ask again.
-                            self.unblock_refused.store(true, Ordering::Relaxed);
-                        }
-                        Outcome::Abandoned
-                    }
-                }
+                self.unblock(c.id, wait).await
             }
             Either::Right(_) => Outcome::Abandoned,
         };
         self.state().blocked.retain(|b| b.ticket != ticket);
         // The caller drops this once it has delivered or given back what the wait got.
         (reply, settled_tx)
+    }
+
+    /// Ends the blocking wait of client `id` with `CLIENT UNBLOCK` and returns its reply.
+    /// "Not blocked" means the reply is on its way, or the wait has not reached the server
+    /// yet: a few more tries tell which; after that, or if Redis refuses the command, the
+    /// wait is abandoned.
+    async fn unblock<F>(&self, id: i64, wait: std::pin::Pin<&mut F>) -> Outcome
+    where
+        F: std::future::Future<Output = RedisResult<Option<String>>>,
+    {
+        let mut wait = wait;
+        for attempt in 0..UNBLOCK_TRIES {
+            let mut shared = self.conn.clone();
+            let unblocked: RedisResult<i64> = redis::cmd("CLIENT")
+                .arg("UNBLOCK")
+                .arg(id)
+                .query_async(&mut shared)
+                .await;
+            match unblocked {
+                Ok(1) => return Outcome::Reply(wait.await),
+                Ok(_) if attempt + 1 < UNBLOCK_TRIES => {
+                    let pause = self.rt.sleep(Duration::from_millis(2 << attempt));
+                    if let Either::Left((reply, _)) = select(wait.as_mut(), Box::pin(pause)).await
+                    {
+                        return Outcome::Reply(reply);
+                    }
+                }
+                Ok(_) => return Outcome::Abandoned,
+                Err(e) => {
+                    if !outcome_unknown(&e) {
+                        // Refused (NOPERM, unknown command): never ask again.
+                        self.unblock_refused.store(true, Ordering::Relaxed);
+                    }
+                    return Outcome::Abandoned;
+                }
+            }
+        }
+        Outcome::Abandoned
     }
 
     /// Cuts short the waits of pumps beyond the number of local waiters left.
