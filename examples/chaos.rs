@@ -6,8 +6,19 @@
 //! cargo run --release --example chaos -- --processes 8 --count 3 --secs 30
 //! ```
 //!
-//! Options: `--processes N` (8), `--count C` (3), `--secs S` (30), `--lease-ms L` (2000).
+//! Options: `--processes N` (8), `--count C` (3), `--secs S` (30), `--lease-ms L` (2000),
+//! `--network-faults` (off).
 //! Uses `REDIS_URL` when set, else starts a private `redis-server` (from PATH).
+//!
+//! `--network-faults`: the workers' library connections go through a fault-injecting TCP
+//! relay (`tests/common/relay.rs`); this program, its checks and the workers' own records
+//! keep the direct URL. About every 1-2 s (at most one per second of the run, none in its
+//! last lease + 1 s, so that workers can recover before the end-state checks) one fault
+//! hits all the workers' connections open at that moment: a black hole (they fall silent,
+//! no FIN or RST, and stay so: the library must notice and use new connections), a delay
+//! of 50-300 ms each way for 1-2 s, or a reset (RST). Some stays in the critical section
+//! (3%) then outlast the lease, so that a fault can take the lease from a holder inside; a
+//! worker asked to stop before it could attach exits cleanly.
 //!
 //! What is checked:
 //! - (a) At no instant are more than `count` workers inside the critical section while
@@ -23,9 +34,23 @@
 //!   sum must always be `count`. At the end, after the workers stopped and expired leases
 //!   were reclaimed, a fresh handle's `inspect` must show free + held by live leases ==
 //!   count, and the raw pool list must hold exactly `count` permits.
+//! - (c) No worker is inside its critical section past its lease's expiry without having
+//!   been told. A worker leaves at once when `permit.lost()` resolves, and reports on its
+//!   stdout when it entered, left and was told (wall-clock ms). A thread of this program
+//!   polls the lease set (`...:leases`, holder -> expiry in ms on the server clock, the
+//!   same machine's clock) every 10 ms and keeps each holder's latest expiry (a renewal
+//!   never revives an expired lease, so for a lost lease that is when it expired). For
+//!   every lost lease, the told delay is the instant the holder was told minus that expiry
+//!   (negative: told before it expired); the worst is `worst_told_delay_ms` (`none` when no
+//!   holder was told). A worker still inside more than 50 ms after its lease expired, told
+//!   or not (a killed worker counts as inside until its kill), fails the run.
 //!
-//! The last line is `chaos: ok ...` (exit 0) or `chaos: FAILED ...` (exit 1).
+//! The last line is `chaos: ok ...` (exit 0) or `chaos: FAILED ...` (exit 1); both end with
+//! `acquisitions=.. kills=.. conn_kills=.. max_inside=.. permits_end=.. net_faults=..
+//! leases_lost=.. worst_told_delay_ms=..`.
 
+#[path = "../tests/common/relay.rs"]
+mod relay;
 #[path = "../tests/common/server.rs"]
 mod server;
 
@@ -48,11 +73,18 @@ mod chaos {
     use std::process::{Child, Command, Stdio};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{mpsc, Arc};
-    use std::time::{Duration, Instant};
+    use std::thread::JoinHandle;
+    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+    use futures::future::{select, Either};
     use redis_sync::{Error, Runtime, Semaphore};
 
-    use super::server;
+    use super::{relay::Relay, server};
+
+    /// `CLIENT SETNAME` of this program's own connections: never killed by the chaos.
+    const CHECKER: &str = "chaos-checker";
+    /// How long a worker may stay inside past its lease's expiry (scheduling slack).
+    const LATE_SLACK_MS: i64 = 50;
 
     #[cfg(feature = "tokio")]
     type Rt = redis_sync::Tokio;
@@ -82,6 +114,14 @@ mod chaos {
 
     async fn sleep(d: Duration) {
         Rt::try_current().expect("runtime").sleep(d).await;
+    }
+
+    /// Wall-clock ms since the epoch: comparable with Redis `TIME` on the same machine.
+    fn wall_ms() -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
     }
 
     /// Records an entry: adds `member` (→ `holder`) to the inside hash and counts the
@@ -128,11 +168,15 @@ return {redis.call('LLEN', ARGV[1]), held}
     #[derive(Clone, Debug)]
     struct Args {
         worker: bool,
+        network_faults: bool,
         processes: usize,
         count: u32,
         secs: u64,
         lease: Duration,
+        /// Worker: where the library connects (the relay's URL with `--network-faults`).
         url: String,
+        /// Worker: where its own records go (always the direct URL).
+        check_url: String,
         name: String,
         id: usize,
     }
@@ -140,11 +184,13 @@ return {redis.call('LLEN', ARGV[1]), held}
     fn parse_args() -> Result<Args, String> {
         let mut a = Args {
             worker: false,
+            network_faults: false,
             processes: 8,
             count: 3,
             secs: 30,
             lease: Duration::from_millis(2000),
             url: String::new(),
+            check_url: String::new(),
             name: String::new(),
             id: 0,
         };
@@ -152,6 +198,10 @@ return {redis.call('LLEN', ARGV[1]), held}
         while let Some(flag) = it.next() {
             if flag == "--worker" {
                 a.worker = true;
+                continue;
+            }
+            if flag == "--network-faults" {
+                a.network_faults = true;
                 continue;
             }
             let value = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -162,6 +212,7 @@ return {redis.call('LLEN', ARGV[1]), held}
                 "--secs" => a.secs = value.parse().map_err(bad)?,
                 "--lease-ms" => a.lease = Duration::from_millis(value.parse().map_err(bad)?),
                 "--url" => a.url = value,
+                "--check-url" => a.check_url = value,
                 "--name" => a.name = value,
                 "--id" => a.id = value.parse().map_err(bad)?,
                 _ => return Err(format!("unknown option {flag}")),
@@ -178,7 +229,10 @@ return {redis.call('LLEN', ARGV[1]), held}
             Ok(a) => a,
             Err(e) => {
                 eprintln!("chaos: {e}");
-                eprintln!("usage: chaos [--processes N] [--count C] [--secs S] [--lease-ms L]");
+                eprintln!(
+                    "usage: chaos [--processes N] [--count C] [--secs S] [--lease-ms L] \
+                     [--network-faults]"
+                );
                 return 2;
             }
         };
@@ -223,14 +277,26 @@ return {redis.call('LLEN', ARGV[1]), held}
                     Err(_) if !stop.load(Ordering::Acquire) => {
                         sleep(Duration::from_millis(50)).await
                     }
+                    // Asked to stop while the network fails: not a crash.
+                    Err(e) if args.network_faults => {
+                        eprintln!("worker {}: stopped before it could attach: {e}", args.id);
+                        return 0;
+                    }
                     Err(e) => {
                         eprintln!("worker {}: attach: {e}", args.id);
                         return 1;
                     }
                 }
             };
+            // Records go straight to Redis, never through the relay: they are the checks.
+            let check_url = if args.check_url.is_empty() {
+                &args.url
+            } else {
+                &args.check_url
+            };
+            let check_client = redis::Client::open(check_url.as_str()).expect("check url");
             let mut rec = loop {
-                match client.get_connection_manager().await {
+                match check_client.get_connection_manager().await {
                     Ok(c) => break c,
                     Err(_) => sleep(Duration::from_millis(50)).await,
                 }
@@ -260,39 +326,64 @@ return {redis.call('LLEN', ARGV[1]), held}
                         continue;
                     }
                 };
+                let entered = wall_ms();
                 seq += 1;
                 let member = format!("{me}-{seq}");
-                // Record the entry; retried, since our own connection may be killed too.
-                let mut recorded = false;
-                for _ in 0..100 {
-                    let r: redis::RedisResult<i64> = enter
-                        .key(&keys[0])
-                        .key(&keys[1])
-                        .key(&keys[2])
-                        .key(&keys[3])
-                        .arg(&member)
-                        .arg(p.holder())
-                        .arg(args.count)
-                        .invoke_async(&mut rec)
-                        .await;
-                    if r.is_ok() {
-                        recorded = true;
-                        break;
+                // Parsed by the parent for check (c).
+                println!("IN {} {seq} {} {entered}", args.id, p.holder());
+                let work = async {
+                    // Record the entry; retried, since our own connection may be killed too.
+                    let mut recorded = false;
+                    for _ in 0..100 {
+                        let r: redis::RedisResult<i64> = enter
+                            .key(&keys[0])
+                            .key(&keys[1])
+                            .key(&keys[2])
+                            .key(&keys[3])
+                            .arg(&member)
+                            .arg(p.holder())
+                            .arg(args.count)
+                            .invoke_async(&mut rec)
+                            .await;
+                        if r.is_ok() {
+                            recorded = true;
+                            break;
+                        }
+                        rec_errors += 1;
+                        sleep(Duration::from_millis(10)).await;
                     }
-                    rec_errors += 1;
-                    sleep(Duration::from_millis(10)).await;
-                }
+                    if !recorded {
+                        return false;
+                    }
+                    let lease_ms = args.lease.as_millis() as u64;
+                    let hold = match fastrand::u8(0..100) {
+                        0..=69 => fastrand::u64(0..20),
+                        70..=94 => fastrand::u64(20..200),
+                        // With network faults, some stays outlast the lease, so that a
+                        // fault can take it from a holder that is inside.
+                        95..=97 if args.network_faults => fastrand::u64(lease_ms..lease_ms * 5 / 2),
+                        _ => fastrand::u64(500..1500),
+                    };
+                    sleep(Duration::from_millis(hold)).await;
+                    true
+                };
+                // The work stops the moment the holder is told its lease is lost.
+                let (recorded, told) =
+                    match select(std::pin::pin!(work), std::pin::pin!(p.lost())).await {
+                        Either::Left((recorded, _)) => (recorded, None),
+                        Either::Right(((), _)) => (true, Some(wall_ms())),
+                    };
+                let left = told.unwrap_or_else(wall_ms);
+                println!(
+                    "OUT {} {seq} {left} {}",
+                    args.id,
+                    told.map_or("-".to_owned(), |t| t.to_string())
+                );
                 if !recorded {
                     eprintln!("worker {}: cannot record an entry", args.id);
                     return 1;
                 }
                 acquired += 1;
-                let hold = match fastrand::u8(0..100) {
-                    0..=69 => fastrand::u64(0..20),
-                    70..=94 => fastrand::u64(20..200),
-                    _ => fastrand::u64(500..1500),
-                };
-                sleep(Duration::from_millis(hold)).await;
                 if p.is_lost() {
                     lost += 1;
                 }
@@ -339,16 +430,25 @@ return {redis.call('LLEN', ARGV[1]), held}
         id: usize,
     }
 
+    /// Where workers connect: `lib` for the library (the relay with `--network-faults`),
+    /// `check` for their records.
+    struct Urls {
+        lib: String,
+        check: String,
+    }
+
     fn spawn_worker(
         args: &Args,
-        url: &str,
+        urls: &Urls,
         name: &str,
         id: usize,
         out: &mpsc::Sender<String>,
     ) -> Worker {
         let exe = std::env::current_exe().expect("own path");
         let mut child = Command::new(exe)
-            .args(["--worker", "--url", url, "--name", name])
+            .args(["--worker", "--url", &urls.lib, "--check-url", &urls.check])
+            .args(["--name", name])
+            .args(args.network_faults.then_some("--network-faults"))
             .args(["--id", &id.to_string()])
             .args(["--lease-ms", &args.lease.as_millis().to_string()])
             .args(["--count", &args.count.to_string()])
@@ -367,14 +467,130 @@ return {redis.call('LLEN', ARGV[1]), held}
         Worker { child, id }
     }
 
+    /// Ids of every client but this program's own (named [`CHECKER`]).
     fn client_ids(con: &mut redis::Connection) -> redis::RedisResult<Vec<u64>> {
         let list: String = redis::cmd("CLIENT").arg("LIST").query(con)?;
+        let mine = format!(" name={CHECKER} ");
         Ok(list
             .lines()
+            .filter(|l| !l.contains(&mine))
             .filter_map(|l| l.strip_prefix("id="))
             .filter_map(|l| l.split(' ').next())
             .filter_map(|id| id.parse().ok())
             .collect())
+    }
+
+    /// Byte range of `host[:port]` in a `redis://[user[:pass]@]host[:port][/db]` URL.
+    fn authority(url: &str) -> Option<(usize, usize)> {
+        let start = url.find("://")? + 3;
+        let rest = &url[start..];
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let host = rest[..end].rfind('@').map_or(0, |i| i + 1);
+        (host < end).then_some((start + host, start + end))
+    }
+
+    fn named_connection(client: &redis::Client) -> redis::RedisResult<redis::Connection> {
+        let mut con = client.get_connection()?;
+        con.set_read_timeout(Some(Duration::from_secs(5)))?;
+        redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(CHECKER)
+            .query::<()>(&mut con)?;
+        Ok(con)
+    }
+
+    /// Polls the lease set every 10 ms until `stop`, keeping each holder's latest expiry
+    /// (ms, server clock). Returns it and the number of polls.
+    fn spawn_lease_poller(
+        client: redis::Client,
+        leases: String,
+        stop: Arc<AtomicBool>,
+    ) -> JoinHandle<(HashMap<String, i64>, u64)> {
+        std::thread::spawn(move || {
+            let mut expiry: HashMap<String, i64> = HashMap::new();
+            let mut polls = 0u64;
+            let mut con = None;
+            while !stop.load(Ordering::Acquire) {
+                if con.is_none() {
+                    con = named_connection(&client).ok();
+                }
+                if let Some(c) = con.as_mut() {
+                    let r: redis::RedisResult<Vec<(String, f64)>> = redis::cmd("ZRANGE")
+                        .arg(&leases)
+                        .arg(0)
+                        .arg(-1)
+                        .arg("WITHSCORES")
+                        .query(c);
+                    match r {
+                        Ok(members) => {
+                            polls += 1;
+                            for (holder, score) in members {
+                                let e = expiry.entry(holder).or_insert(i64::MIN);
+                                *e = (*e).max(score as i64);
+                            }
+                        }
+                        Err(_) => con = None,
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (expiry, polls)
+        })
+    }
+
+    /// One stay of a worker in its critical section, as it reported it (ms, wall clock).
+    #[derive(Debug, Default)]
+    struct Stay {
+        holder: String,
+        entered: i64,
+        left: Option<i64>,
+        told: Option<i64>,
+    }
+
+    /// Check (c): for every stay, its holder's lease expiry. Returns the number of lost
+    /// leases the holder was told about while inside, the worst told delay, the stays
+    /// that went on past expiry + slack (descriptions), and the stays whose lease was never
+    /// seen.
+    fn check_told(
+        stays: &HashMap<(usize, u64), Stay>,
+        ended: &HashMap<usize, i64>,
+        expiry: &HashMap<String, i64>,
+        run_end: i64,
+    ) -> (u64, Option<i64>, Vec<String>, u64) {
+        let (mut told_n, mut worst, mut late, mut unseen) = (0u64, None::<i64>, Vec::new(), 0u64);
+        let mut keys: Vec<_> = stays.keys().collect();
+        keys.sort();
+        for key in keys {
+            let st = &stays[key];
+            let Some(&exp) = expiry.get(&st.holder) else {
+                unseen += 1;
+                continue;
+            };
+            // A killed worker was inside until it was killed.
+            let left = st
+                .left
+                .or_else(|| ended.get(&key.0).copied())
+                .unwrap_or(run_end);
+            if let Some(t) = st.told {
+                told_n += 1;
+                worst = Some(worst.map_or(t - exp, |w: i64| w.max(t - exp)));
+            }
+            if left - exp > LATE_SLACK_MS {
+                late.push(format!(
+                    "worker {} holder {} inside from {:+} to {:+} ms of its lease expiry, {}",
+                    key.0,
+                    st.holder,
+                    st.entered - exp,
+                    left - exp,
+                    match (st.told, st.left) {
+                        (Some(t), _) => format!("told at {:+} ms", t - exp),
+                        (None, Some(_)) => "never told".to_owned(),
+                        (None, None) => "never told (killed or stopped inside)".to_owned(),
+                    }
+                ));
+            }
+        }
+        (told_n, worst, late, unseen)
     }
 
     fn parent(args: Args) -> i32 {
@@ -390,9 +606,39 @@ return {redis.call('LLEN', ARGV[1]), held}
         };
         let name = format!("chaos-{:08x}", fastrand::u32(..));
         let client = redis::Client::open(url.as_str()).expect("url");
+        // With --network-faults the workers' library connections go through a relay.
+        let relay = if args.network_faults {
+            let Some((a, b)) = authority(&url) else {
+                println!("chaos: FAILED --network-faults needs a redis://host:port URL: {url}");
+                return 1;
+            };
+            let mut upstream = url[a..b].to_owned();
+            if !upstream.contains(':') || upstream.ends_with(']') {
+                upstream.push_str(":6379");
+            }
+            Some(Relay::start(&upstream))
+        } else {
+            None
+        };
+        let urls = Urls {
+            lib: match (&relay, authority(&url)) {
+                (Some(r), Some((a, b))) => {
+                    format!("{}127.0.0.1:{}{}", &url[..a], r.port(), &url[b..])
+                }
+                _ => url.clone(),
+            },
+            check: url.clone(),
+        };
         println!(
-            "chaos: {} workers, count {}, lease {:?}, {} s on {url} (semaphore {name})",
-            args.processes, args.count, args.lease, args.secs
+            "chaos: {} workers, count {}, lease {:?}, {} s on {url} (semaphore {name}){}",
+            args.processes,
+            args.count,
+            args.lease,
+            args.secs,
+            match &relay {
+                Some(_) => format!("; network faults: workers connect to {}", urls.lib),
+                None => String::new(),
+            }
         );
         if let Err(e) = block_on(async {
             let sem = Semaphore::<Rt>::builder(&client, &name)
@@ -406,16 +652,21 @@ return {redis.call('LLEN', ARGV[1]), held}
             return 1;
         }
 
-        let mut con = client.get_connection().expect("parent connection");
+        let mut con = named_connection(&client).expect("parent connection");
         let my_id: u64 = redis::cmd("CLIENT").arg("ID").query(&mut con).unwrap();
         let totals = redis::Script::new(TOTALS);
         let b = base(&name);
         let (pool, pattern) = (format!("{b}:list"), format!("{b}:held:*"));
+        let poller_stop = Arc::new(AtomicBool::new(false));
+        let poller = spawn_lease_poller(client.clone(), format!("{b}:leases"), poller_stop.clone());
 
         let (out_tx, out_rx) = mpsc::channel::<String>();
         let mut workers: Vec<Worker> = (0..args.processes)
-            .map(|i| spawn_worker(&args, &url, &name, i, &out_tx))
+            .map(|i| spawn_worker(&args, &urls, &name, i, &out_tx))
             .collect();
+        // When each worker that is gone ended (ms, wall clock): check (c) counts a worker
+        // killed inside as inside until then.
+        let mut ended: HashMap<usize, i64> = HashMap::new();
         let mut next_id = args.processes;
 
         let start = Instant::now();
@@ -423,6 +674,13 @@ return {redis.call('LLEN', ARGV[1]), held}
         let mut next_kill = start + Duration::from_millis(fastrand::u64(700..1300));
         let mut next_conn_kill = start + Duration::from_millis(fastrand::u64(100..400));
         let (mut kills, mut conn_kills, mut samples, mut crashed) = (0u64, 0u64, 0u64, 0u64);
+        // Network faults: at most one a second of the run, none in its last lease + 1 s
+        // (time to recover before the end-state checks).
+        let max_faults = args.secs;
+        let faults_end = end.checked_sub(args.lease + Duration::from_secs(1));
+        let mut next_fault = start + Duration::from_millis(fastrand::u64(1000..2000));
+        let mut delay_until: Option<Instant> = None;
+        let (mut blackholes, mut delays, mut resets) = (0u64, 0u64, 0u64);
         let mut bad_samples: Vec<(f64, i64, i64)> = Vec::new();
         while Instant::now() < end {
             std::thread::sleep(Duration::from_millis(20));
@@ -445,7 +703,8 @@ return {redis.call('LLEN', ARGV[1]), held}
                 if let Ok(Some(status)) = w.child.try_wait() {
                     eprintln!("chaos: worker {} exited by itself: {status}", w.id);
                     crashed += 1;
-                    *w = spawn_worker(&args, &url, &name, next_id, &out_tx);
+                    ended.insert(w.id, wall_ms());
+                    *w = spawn_worker(&args, &urls, &name, next_id, &out_tx);
                     next_id += 1;
                 }
             }
@@ -453,8 +712,9 @@ return {redis.call('LLEN', ARGV[1]), held}
                 let i = fastrand::usize(..workers.len());
                 let _ = workers[i].child.kill();
                 let _ = workers[i].child.wait();
+                ended.insert(workers[i].id, wall_ms());
                 kills += 1;
-                workers[i] = spawn_worker(&args, &url, &name, next_id, &out_tx);
+                workers[i] = spawn_worker(&args, &urls, &name, next_id, &out_tx);
                 next_id += 1;
                 next_kill = now + Duration::from_millis(fastrand::u64(700..1300));
             }
@@ -473,7 +733,40 @@ return {redis.call('LLEN', ARGV[1]), held}
                 }
                 next_conn_kill = now + Duration::from_millis(fastrand::u64(100..400));
             }
+            if let Some(relay) = &relay {
+                if delay_until.is_some_and(|u| now >= u) {
+                    relay.set_delay(Duration::ZERO);
+                    delay_until = None;
+                }
+                if now >= next_fault
+                    && faults_end.is_some_and(|e| now < e)
+                    && blackholes + delays + resets < max_faults
+                {
+                    match fastrand::u8(0..3) {
+                        0 => {
+                            relay.blackhole_existing();
+                            blackholes += 1;
+                        }
+                        1 => {
+                            let d = Duration::from_millis(fastrand::u64(50..=300));
+                            relay.set_delay(d);
+                            delay_until =
+                                Some(now + Duration::from_millis(fastrand::u64(1000..=2000)));
+                            delays += 1;
+                        }
+                        _ => {
+                            relay.reset_all();
+                            resets += 1;
+                        }
+                    }
+                    next_fault = now + Duration::from_millis(fastrand::u64(1000..=2000));
+                }
+            }
         }
+        if let Some(relay) = &relay {
+            relay.set_delay(Duration::ZERO);
+        }
+        let net_faults = blackholes + delays + resets;
 
         // Stop: close every worker's stdin, give them time to finish, then kill stragglers.
         for w in workers.iter_mut() {
@@ -484,6 +777,7 @@ return {redis.call('LLEN', ARGV[1]), held}
             loop {
                 match w.child.try_wait() {
                     Ok(Some(status)) => {
+                        ended.insert(w.id, wall_ms());
                         if !status.success() {
                             eprintln!("chaos: worker {} failed at stop: {status}", w.id);
                             crashed += 1;
@@ -494,6 +788,7 @@ return {redis.call('LLEN', ARGV[1]), held}
                         eprintln!("chaos: worker {} did not stop: killed", w.id);
                         let _ = w.child.kill();
                         let _ = w.child.wait();
+                        ended.insert(w.id, wall_ms());
                         break;
                     }
                     _ => std::thread::sleep(Duration::from_millis(20)),
@@ -501,8 +796,29 @@ return {redis.call('LLEN', ARGV[1]), held}
             }
         }
         drop(out_tx);
+        poller_stop.store(true, Ordering::Release);
+        let (expiry, lease_polls) = poller.join().unwrap_or_default();
+        let run_end = wall_ms();
         let mut worker_stats: HashMap<String, u64> = HashMap::new();
+        let mut stays: HashMap<(usize, u64), Stay> = HashMap::new();
         while let Ok(line) = out_rx.recv_timeout(Duration::from_millis(200)) {
+            let f: Vec<&str> = line.split(' ').collect();
+            let num = |i: usize| f.get(i).and_then(|v| v.parse::<i64>().ok());
+            match (f.first().copied(), num(1), num(2)) {
+                (Some("IN"), Some(id), Some(seq)) if f.len() == 5 => {
+                    let st = stays.entry((id as usize, seq as u64)).or_default();
+                    st.holder = f[3].to_owned();
+                    st.entered = num(4).unwrap_or(0);
+                    continue;
+                }
+                (Some("OUT"), Some(id), Some(seq)) if f.len() == 5 => {
+                    let st = stays.entry((id as usize, seq as u64)).or_default();
+                    st.left = num(3);
+                    st.told = num(4);
+                    continue;
+                }
+                _ => {}
+            }
             if let Some(rest) = line.strip_prefix("STATS ") {
                 for kv in rest.split(' ') {
                     if let Some((k, v)) = kv.split_once('=') {
@@ -539,11 +855,16 @@ return {redis.call('LLEN', ARGV[1]), held}
                 sleep(Duration::from_millis(50)).await;
             }
         });
-        let (st, live_held, waited) = match end_state {
-            Ok(x) => x,
+        // Without the semaphore (its keys gone) report everything else all the same.
+        let (st, live_held, waited, end_error) = match end_state {
+            Ok((st, live, waited)) => (Some(st), live, waited, None),
             Err(e) => {
-                println!("chaos: FAILED cannot inspect the semaphore at the end: {e}");
-                return 1;
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("{b}*"))
+                    .query(&mut con)
+                    .unwrap_or_default();
+                let why = format!("cannot inspect the semaphore at the end: {e}; keys: {keys:?}");
+                (None, 0, Duration::ZERO, Some(why))
             }
         };
         let raw_free: i64 = redis::cmd("LLEN").arg(&pool).query(&mut con).unwrap_or(-1);
@@ -563,18 +884,43 @@ return {redis.call('LLEN', ARGV[1]), held}
             .arg(9)
             .query(&mut con)
             .unwrap_or_default();
+        let (leases_lost, worst_told, late, unseen) = check_told(&stays, &ended, &expiry, run_end);
         let get = |k: &str| stats.get(k).copied().unwrap_or(0);
         let acquisitions = get("acquisitions");
         let max_inside = get("max");
-        let permits_end = st.free + live_held;
+        let permits_end = st.as_ref().map_or(0, |st| st.free) + live_held;
 
         println!(
             "chaos: workers: {:?}; samples {samples}; {} entries without a valid lease; \
-             end state after {waited:?}: {st:?}",
+             end state after {waited:?}: {}",
             worker_stats,
-            get("entered_without_lease")
+            get("entered_without_lease"),
+            st.as_ref()
+                .map_or("none (no semaphore)".to_owned(), |st| format!("{st:?}"))
         );
+        println!(
+            "chaos: check (c): {} stays, {leases_lost} lost leases told while inside, \
+             {} inside past expiry + {LATE_SLACK_MS} ms, {unseen} with a lease never seen \
+             ({lease_polls} polls of the lease set)",
+            stays.len(),
+            late.len()
+        );
+        if let Some(relay) = &relay {
+            println!(
+                "chaos: network faults: {net_faults} (black holes {blackholes}, delays \
+                 {delays}, resets {resets}); the relay accepted {} connections",
+                relay.accepted()
+            );
+        }
         let mut failures = Vec::new();
+        if !late.is_empty() {
+            failures.push(format!(
+                "{} stays went on more than {LATE_SLACK_MS} ms past their lease's expiry \
+                 on the server without the holder being told, e.g. {:?}",
+                late.len(),
+                &late[..late.len().min(5)]
+            ));
+        }
         if get("violations") > 0 || max_inside > i64::from(args.count) {
             failures.push(format!(
                 "{} entries saw more than {} holders inside with valid leases, e.g. {:?}",
@@ -591,10 +937,14 @@ return {redis.call('LLEN', ARGV[1]), held}
                 &bad_samples[..bad_samples.len().min(5)]
             ));
         }
-        if permits_end != args.count as usize || st.count != Some(args.count) {
+        if let Some(why) = end_error {
+            failures.push(why);
+        } else if permits_end != args.count as usize
+            || st.as_ref().and_then(|st| st.count) != Some(args.count)
+        {
             failures.push(format!(
                 "at the end free + held by live leases = {permits_end}, count {:?}",
-                st.count
+                st.as_ref().and_then(|st| st.count)
             ));
         }
         if raw_free != i64::from(args.count) || raw_free2 + raw_held != i64::from(args.count) {
@@ -610,7 +960,9 @@ return {redis.call('LLEN', ARGV[1]), held}
         }
         let summary = format!(
             "acquisitions={acquisitions} kills={kills} conn_kills={conn_kills} \
-             max_inside={max_inside} permits_end={permits_end}"
+             max_inside={max_inside} permits_end={permits_end} net_faults={net_faults} \
+             leases_lost={leases_lost} worst_told_delay_ms={}",
+            worst_told.map_or("none".to_owned(), |w| w.to_string())
         );
         if failures.is_empty() {
             println!("chaos: ok {summary}");
