@@ -90,12 +90,8 @@ impl<R: Runtime> Permit<R> {
     /// # Ok(()) }
     /// ```
     pub fn is_lost(&self) -> bool {
-        let gen = &self.held.gen;
-        if !gen.is_lost() && gen.certainly_expired(std::time::Instant::now()) {
-            // The watchdog's timer has not fired yet: tell the truth now.
-            self.held.engine.lose(gen);
-        }
-        gen.is_lost()
+        // The watchdog's timer may not have fired yet: tell the truth now.
+        self.held.engine.lose_if_expired(&self.held.gen)
     }
 
     /// Resolves when the holder's lease is lost (immediately if it already is), so work can

@@ -371,6 +371,14 @@ impl<R: Runtime> Engine<R> {
         sent + self.cfg.lease - loss_margin(self.cfg.lease)
     }
 
+    /// Marks `gen` lost if its lease may have run out by now; true if it is lost.
+    pub(crate) fn lose_if_expired(&self, gen: &Arc<Generation>) -> bool {
+        if !gen.is_lost() && gen.certainly_expired(Instant::now()) {
+            self.lose(gen);
+        }
+        gen.is_lost()
+    }
+
     /// Marks lost every generation whose lease has certainly expired by `now`; returns the
     /// earliest loss deadline of those left.
     pub(crate) fn lose_expired(&self, now: Instant) -> Option<Instant> {

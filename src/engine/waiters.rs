@@ -145,7 +145,16 @@ impl<R: Runtime> Engine<R> {
         reply: RedisResult<i64>,
     ) -> Result<Option<Held<R>>> {
         let out = match reply {
-            Ok(1) => Ok(Some(Held::new(self.clone(), gen.clone(), 0))),
+            Ok(1) => {
+                let held = Held::new(self.clone(), gen.clone(), 0);
+                if self.lose_if_expired(gen) {
+                    // The reply came too late to trust the lease: give the token back.
+                    drop(held);
+                    Err(Error::LeaseLost)
+                } else {
+                    Ok(Some(held))
+                }
+            }
             Ok(-1) => {
                 self.lose(gen);
                 Err(Error::LeaseLost)
@@ -396,8 +405,7 @@ impl<R: Runtime> Engine<R> {
                 Ok(1) => return Outcome::Reply(wait.await),
                 Ok(_) if attempt + 1 < UNBLOCK_TRIES => {
                     let pause = self.rt.sleep(Duration::from_millis(2 << attempt));
-                    if let Either::Left((reply, _)) = select(wait.as_mut(), Box::pin(pause)).await
-                    {
+                    if let Either::Left((reply, _)) = select(wait.as_mut(), Box::pin(pause)).await {
                         return Outcome::Reply(reply);
                     }
                 }
@@ -453,7 +461,13 @@ impl<R: Runtime> Engine<R> {
 
     /// Passes `held` to the longest live local waiter; returns it when there is none.
     fn hand_to_waiter(&self, mut held: Held<R>) -> Option<Held<R>> {
-        if held.gen.is_lost() || held.gen.is_retired() || self.is_closed() {
+        // A blocking move does not check the lease: never grant under one that may have
+        // run out (the watchdog's timer may not have fired yet).
+        if held.gen.is_lost()
+            || held.gen.is_retired()
+            || self.is_closed()
+            || self.lose_if_expired(&held.gen)
+        {
             return Some(held);
         }
         loop {
