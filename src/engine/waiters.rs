@@ -250,7 +250,9 @@ impl<R: Runtime> Engine<R> {
             {
                 let mut st = self.state();
                 st.waiters.retain(|w| !w.is_canceled());
-                if st.waiters.is_empty() || self.is_closed() {
+                // More pumps than waiters: this one is not needed (a wait cut short for
+                // lack of waiters lands here, instead of blocking again).
+                if st.waiters.is_empty() || self.is_closed() || st.pumps > st.waiters.len() {
                     if let Some(c) = conn.take() {
                         if !self.is_closed() && st.idle.len() < self.cfg.max_blocking {
                             st.idle.push(c);
@@ -429,7 +431,10 @@ impl<R: Runtime> Engine<R> {
             st.waiters.retain(|w| !w.is_canceled());
             st.settling.retain(|s| s.peek().is_none());
             let excess = st.blocked.len().saturating_sub(st.waiters.len());
-            let cut: Vec<_> = st.blocked.drain(..excess).collect();
+            // The newest waits go: the oldest keep their place in the server's FIFO queue
+            // of blocked clients, and a wait not sent yet costs nothing to cut.
+            let keep = st.blocked.len() - excess;
+            let cut: Vec<_> = st.blocked.drain(keep..).collect();
             st.settling.extend(cut.iter().map(|b| b.settled.clone()));
             cut
         };
@@ -454,6 +459,9 @@ impl<R: Runtime> Engine<R> {
 
     /// Hands a token the pump got to the longest local waiter, or gives it back.
     async fn deliver(self: &Arc<Self>, held: Held<R>) {
+        // A blocking move does not check the lease: never grant under one that may have
+        // run out (the watchdog's timer may not have fired yet).
+        self.lose_if_expired(&held.gen);
         if let Some(held) = self.hand_to_waiter(held) {
             let _ = self.give_back(held.disarm().1).await;
         }
@@ -461,13 +469,7 @@ impl<R: Runtime> Engine<R> {
 
     /// Passes `held` to the longest live local waiter; returns it when there is none.
     fn hand_to_waiter(&self, mut held: Held<R>) -> Option<Held<R>> {
-        // A blocking move does not check the lease: never grant under one that may have
-        // run out (the watchdog's timer may not have fired yet).
-        if held.gen.is_lost()
-            || held.gen.is_retired()
-            || self.is_closed()
-            || self.lose_if_expired(&held.gen)
-        {
+        if held.gen.is_lost() || held.gen.is_retired() || self.is_closed() {
             return Some(held);
         }
         loop {
