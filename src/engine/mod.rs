@@ -9,9 +9,9 @@ mod detached;
 mod generation;
 mod held;
 mod lease;
+mod queue;
 mod waiters;
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -70,8 +70,6 @@ pub(crate) struct Config {
     pub check_eviction: bool,
 }
 
-type Waiter<R> = oneshot::Sender<Result<Held<R>>>;
-
 /// Resolves once a pump has dealt with the reply of a blocking wait.
 pub(crate) type Settled = futures::future::Shared<oneshot::Receiver<()>>;
 
@@ -99,7 +97,7 @@ struct State<R: Runtime> {
     /// Every generation whose lease this handle still renews.
     gens: Vec<Arc<Generation>>,
     /// Local waiters, longest first.
-    waiters: VecDeque<Waiter<R>>,
+    waiters: queue::WaiterQueue<Result<Held<R>>>,
     /// Running waiter pumps.
     pumps: usize,
     /// Pumps blocked in Redis right now, each with the switch that cuts its wait short.
@@ -190,7 +188,7 @@ impl<R: Runtime> Engine<R> {
             state: Mutex::new(State {
                 current: None,
                 gens: Vec::new(),
-                waiters: VecDeque::new(),
+                waiters: queue::WaiterQueue::default(),
                 pumps: 0,
                 blocked: Vec::new(),
                 settling: Vec::new(),
@@ -411,7 +409,7 @@ impl<R: Runtime> Engine<R> {
             st.idle.clear();
             // Dropping the switches cuts every blocked pump's wait short.
             st.blocked.clear();
-            (std::mem::take(&mut st.waiters), st.gens.clone())
+            (st.waiters.take_all(), st.gens.clone())
         };
         for w in waiters {
             let _ = w.send(Err(Error::Closed));

@@ -47,9 +47,11 @@ impl<R: Runtime> Engine<R> {
             }
             self.note_pool_empty();
         }
+        let (seq, rx) = self.enqueue();
         let mut ticket = Ticket {
             engine: self,
-            rx: self.enqueue(),
+            seq,
+            rx,
         };
         match (&mut ticket.rx).await {
             Ok(res) => res,
@@ -189,40 +191,37 @@ impl<R: Runtime> Engine<R> {
     }
 
     fn has_waiters(&self) -> bool {
-        let mut st = self.state();
-        st.waiters.retain(|w| !w.is_canceled());
-        !st.waiters.is_empty()
+        !self.state().waiters.is_empty()
     }
 
     /// Queues a local waiter and makes sure enough pumps run for it.
-    fn enqueue(self: &Arc<Self>) -> oneshot::Receiver<Result<Held<R>>> {
+    fn enqueue(self: &Arc<Self>) -> (u64, oneshot::Receiver<Result<Held<R>>>) {
         let (tx, rx) = oneshot::channel();
-        let spawn = {
+        let (seq, spawn) = {
             let mut st = self.state();
             if self.is_closed() {
                 let _ = tx.send(Err(Error::Closed));
-                return rx;
+                return (u64::MAX, rx);
             }
-            st.waiters.push_back(tx);
+            let seq = st.waiters.push(tx);
             let want = st.waiters.len().min(self.cfg.max_blocking);
-            if st.pumps < want {
+            let spawn = st.pumps < want;
+            if spawn {
                 st.pumps += 1;
-                true
-            } else {
-                false
             }
+            (seq, spawn)
         };
         if spawn {
             let engine = self.clone();
             self.rt.spawn(async move { engine.pump().await });
         }
         self.kick_reclaim();
-        rx
+        (seq, rx)
     }
 
     /// Fails every local waiter with `err`.
     fn fail_waiters(&self, err: Error) {
-        let waiters = std::mem::take(&mut self.state().waiters);
+        let waiters = self.state().waiters.take_all();
         for w in waiters {
             let _ = w.send(Err(err.clone()));
         }
@@ -249,7 +248,6 @@ impl<R: Runtime> Engine<R> {
         loop {
             {
                 let mut st = self.state();
-                st.waiters.retain(|w| !w.is_canceled());
                 // More pumps than waiters: this one is not needed (a wait cut short for
                 // lack of waiters lands here, instead of blocking again).
                 if st.waiters.is_empty() || self.is_closed() || st.pumps > st.waiters.len() {
@@ -428,7 +426,6 @@ impl<R: Runtime> Engine<R> {
     fn trim_pumps(&self) {
         let cut: Vec<_> = {
             let mut st = self.state();
-            st.waiters.retain(|w| !w.is_canceled());
             st.settling.retain(|s| s.peek().is_none());
             let excess = st.blocked.len().saturating_sub(st.waiters.len());
             // The newest waits go: the oldest keep their place in the server's FIFO queue
@@ -475,7 +472,7 @@ impl<R: Runtime> Engine<R> {
         loop {
             // Never send under the state lock: a value that cannot be delivered may be
             // dropped by the channel, and dropping a token takes that lock.
-            let Some(waiter) = self.state().waiters.pop_front() else {
+            let Some(waiter) = self.state().waiters.pop() else {
                 return Some(held);
             };
             match waiter.send(Ok(held)) {
@@ -608,13 +605,17 @@ pub(crate) fn outcome_unknown(e: &redis::RedisError) -> bool {
 /// queue and cuts short a blocking wait that no longer has anyone to serve.
 struct Ticket<'a, R: Runtime> {
     engine: &'a Arc<Engine<R>>,
+    /// Its place in the queue.
+    seq: u64,
     rx: oneshot::Receiver<Result<Held<R>>>,
 }
 
 impl<R: Runtime> Drop for Ticket<'_, R> {
     fn drop(&mut self) {
-        // A token already sent stays in the channel and is given back when `rx` drops.
+        // A token already sent stays in the channel and is given back when `rx` drops; a
+        // send racing this close fails, and the sender serves the next waiter.
         self.rx.close();
+        self.engine.state().waiters.cancel(self.seq);
         self.engine.trim_pumps();
     }
 }
