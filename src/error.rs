@@ -44,9 +44,10 @@ pub enum Error {
     /// The handle was closed with `close()`.
     #[error("the handle is closed")]
     Closed,
-    /// An option or name is not acceptable; the message says which and why.
+    /// An option or name is not acceptable; the reason says which and why. Nothing was
+    /// sent to Redis.
     #[error("invalid argument: {0}")]
-    InvalidArgument(String),
+    InvalidArgument(Invalid),
     /// Other clients kept changing the semaphore's keys while this one tried to create it
     /// (64 attempts); trying again later usually succeeds.
     #[error("could not initialise the semaphore: other clients kept changing it")]
@@ -85,9 +86,88 @@ pub enum Error {
     /// No async runtime of the requested kind is running on this thread.
     #[error("no {0} runtime is running on this thread")]
     NoRuntime(&'static str),
-    /// Redis answered with an error or could not be reached.
-    #[error("redis error: {0}")]
+    /// Redis answered with an error or could not be reached. Displays as the Redis error
+    /// itself, so an error chain does not repeat it.
+    #[error(transparent)]
     Redis(#[from] redis::RedisError),
+}
+
+impl Error {
+    /// True for a wait that timed out ([`Error::Timeout`]) and for a Redis request that
+    /// missed its deadline.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// assert!(redis_sync::Error::Timeout(Duration::from_secs(1)).is_timeout());
+    /// assert!(!redis_sync::Error::Closed.is_timeout());
+    /// ```
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            Error::Timeout(_) => true,
+            Error::Redis(e) => e.is_timeout(),
+            _ => false,
+        }
+    }
+
+    /// True when Redis could not be reached or the connection failed (refused, reset,
+    /// timed out): trying again later may succeed. An error reply from Redis is not one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+    /// assert!(redis_sync::Error::from(redis::RedisError::from(refused)).is_connection());
+    /// assert!(!redis_sync::Error::LeaseLost.is_connection());
+    /// ```
+    pub fn is_connection(&self) -> bool {
+        match self {
+            Error::Redis(e) => {
+                e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Why an argument was refused: the reason of [`Error::InvalidArgument`].
+///
+/// # Examples
+///
+/// ```
+/// use redis_sync::{Error, Invalid};
+///
+/// let err = Error::InvalidArgument(Invalid::EmptyName);
+/// assert_eq!(err.to_string(), "invalid argument: the name must not be empty");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Invalid {
+    /// The primitive's name is empty.
+    #[error("the name must not be empty")]
+    EmptyName,
+    /// The name contains `{` or `}`, which would break its hash tag.
+    #[error("the name {0:?} must not contain '{{' or '}}' with KeyLayout::HashTagged")]
+    BracesInName(String),
+    /// The key prefix is empty (or only `:`).
+    #[error("the key prefix must not be empty")]
+    EmptyPrefix,
+    /// The key prefix contains `{` or `}`: the hash tag is the name's.
+    #[error("the key prefix {0:?} must not contain '{{' or '}}': the hash tag is the name's")]
+    BracesInPrefix(String),
+    /// `lease_ttl` is outside 100 ms..=30 days.
+    #[error("lease_ttl must be between 100ms and 30 days, got {0:?}")]
+    LeaseTtl(Duration),
+    /// `response_timeout` is zero or above an hour.
+    #[error("response_timeout must be above zero and at most 1 hour, got {0:?}")]
+    ResponseTimeout(Duration),
+    /// `max_blocking_connections` is zero.
+    #[error("max_blocking_connections must be at least 1")]
+    NoBlockingConnections,
 }
 
 /// The result type of this crate.

@@ -32,7 +32,7 @@ pub const DEFAULT_EVENT_PREFIX: &str = "redsync:event";
 /// done.wait().await?;                // in another: returns once per set()
 /// # Ok(()) }
 /// ```
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Event<R: Runtime> {
     engine: Arc<Engine<R>>,
 }

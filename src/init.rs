@@ -23,6 +23,7 @@ use crate::{Error, KeyLayout, Result};
 /// assert_eq!(InitStrategy::default(), InitStrategy::Lua);
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum InitStrategy {
     /// One Lua script checks and fills the pool atomically (redsync's `LUA`).
     #[default]
@@ -156,9 +157,13 @@ pub(crate) async fn wait_for_count<R: Runtime>(
     engine: &Arc<Engine<R>>,
     timeout: Option<Duration>,
 ) -> Result<u32> {
-    let Some(meta) = engine.cfg.keys.meta.as_ref() else {
-        return Err(Error::InvalidArgument("events have no count".into()));
-    };
+    // Only semaphores (which have metadata) attach.
+    let meta = engine
+        .cfg
+        .keys
+        .meta
+        .as_ref()
+        .unwrap_or(&engine.cfg.keys.pool);
     let start = Instant::now();
     let mut delay = Duration::from_millis(5);
     let mut conn = engine.conn.clone();

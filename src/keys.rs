@@ -1,6 +1,6 @@
 //! Where a primitive lives in Redis: one place that names every key.
 
-use crate::{Error, Result};
+use crate::{Error, Invalid, Result};
 
 /// How key names are built.
 ///
@@ -11,6 +11,7 @@ use crate::{Error, Result};
 /// assert_eq!(KeyLayout::default(), KeyLayout::HashTagged);
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum KeyLayout {
     /// `{prefix}:{<name>}:...`: every key of one primitive shares the Redis Cluster hash
     /// tag `{name}`, so they land in one slot.
@@ -71,16 +72,21 @@ impl Keys {
 }
 
 fn base(prefix: &str, name: &str, layout: KeyLayout) -> Result<String> {
+    let invalid = |why| Err(Error::InvalidArgument(why));
     if name.is_empty() {
-        return Err(Error::InvalidArgument("name must not be empty".into()));
+        return invalid(Invalid::EmptyName);
+    }
+    if prefix.contains(['{', '}']) {
+        return invalid(Invalid::BracesInPrefix(prefix.to_owned()));
     }
     let prefix = prefix.trim_end_matches(':');
+    if prefix.is_empty() {
+        return invalid(Invalid::EmptyPrefix);
+    }
     Ok(match layout {
         KeyLayout::HashTagged => {
             if name.contains(['{', '}']) {
-                return Err(Error::InvalidArgument(format!(
-                    "name {name:?} must not contain '{{' or '}}' with KeyLayout::HashTagged"
-                )));
+                return invalid(Invalid::BracesInName(name.to_owned()));
             }
             format!("{prefix}:{{{name}}}")
         }
@@ -108,5 +114,8 @@ mod tests {
         assert_eq!(k.held("abc"), "redsync:semaphore:{jobs}:held:abc");
         assert!(Keys::semaphore("p", "a{b", KeyLayout::HashTagged).is_err());
         assert!(Keys::semaphore("p", "", KeyLayout::Redsync2).is_err());
+        assert!(Keys::semaphore("", "a", KeyLayout::HashTagged).is_err());
+        assert!(Keys::semaphore(":", "a", KeyLayout::HashTagged).is_err());
+        assert!(Keys::semaphore("p{x}", "a", KeyLayout::Redsync2).is_err());
     }
 }

@@ -15,7 +15,7 @@ mod runtime;
 mod scripts;
 mod semaphore;
 
-pub use error::{Error, Result};
+pub use error::{Error, Invalid, Result};
 pub use event::{Event, EventBuilder, DEFAULT_EVENT_PREFIX};
 pub use init::InitStrategy;
 pub use inspect::{HolderState, SemaphoreState};

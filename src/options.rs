@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::engine::{Config, Kind, MAX_LEASE, MAX_RESPONSE_TIMEOUT, MIN_LEASE};
 use crate::keys::{KeyLayout, Keys};
-use crate::{Error, InitStrategy, Result};
+use crate::{Error, InitStrategy, Invalid, Result};
 
 /// The default lease: 300 s, as in redsync 2.0.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(300);
@@ -43,22 +43,15 @@ impl Options {
     }
 
     pub(crate) fn config(&self, kind: Kind) -> Result<Config> {
+        let invalid = |why| Err(Error::InvalidArgument(why));
         if !(MIN_LEASE..=MAX_LEASE).contains(&self.lease_ttl) {
-            return Err(Error::InvalidArgument(format!(
-                "lease_ttl must be between {MIN_LEASE:?} and {MAX_LEASE:?}, got {:?}",
-                self.lease_ttl
-            )));
+            return invalid(Invalid::LeaseTtl(self.lease_ttl));
         }
         if self.response_timeout.is_zero() || self.response_timeout > MAX_RESPONSE_TIMEOUT {
-            return Err(Error::InvalidArgument(format!(
-                "response_timeout must be above zero and at most {MAX_RESPONSE_TIMEOUT:?}, got {:?}",
-                self.response_timeout
-            )));
+            return invalid(Invalid::ResponseTimeout(self.response_timeout));
         }
         if self.max_blocking == 0 {
-            return Err(Error::InvalidArgument(
-                "max_blocking_connections must be at least 1".into(),
-            ));
+            return invalid(Invalid::NoBlockingConnections);
         }
         let keys = match kind {
             Kind::Semaphore => Keys::semaphore(&self.key_prefix, &self.name, self.key_layout)?,

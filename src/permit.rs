@@ -64,18 +64,41 @@ impl<R: Runtime> Permit<R> {
     }
 
     /// Keeps the permit held by the semaphore handle without a guard, like redsync's
-    /// `acquire()`; give it back later with [`Semaphore::release`](crate::Semaphore::release).
+    /// `acquire()`; give it back later with [`Semaphore::release`](crate::Semaphore::release)
+    /// (or [`Semaphore::shutdown`](crate::Semaphore::shutdown)). Unlike tokio's
+    /// `SemaphorePermit::forget`, the permit is not removed from the semaphore: it stays
+    /// held, under this handle's lease.
     ///
     /// # Examples
     ///
     /// ```no_run
     /// # async fn demo(sem: redis_sync::Semaphore<redis_sync::Tokio>) -> redis_sync::Result<()> {
-    /// sem.acquire().await?.forget();
+    /// sem.acquire().await?.detach();
     /// sem.release().await?;
     /// # Ok(()) }
     /// ```
+    pub fn detach(self) {
+        self.held.detach();
+    }
+
+    /// The former name of [`Permit::detach`]. Renamed because tokio's `forget` means the
+    /// opposite (the permit is gone for good); this alias goes away in the next release.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(sem: redis_sync::Semaphore<redis_sync::Tokio>) -> redis_sync::Result<()> {
+    /// #[allow(deprecated)]
+    /// sem.acquire().await?.detach();
+    /// sem.release().await?;
+    /// # Ok(()) }
+    /// ```
+    #[deprecated(
+        since = "0.2.0",
+        note = "renamed to `detach`: tokio's `forget` means the opposite"
+    )]
     pub fn forget(self) {
-        self.held.forget();
+        self.detach();
     }
 
     /// True once the holder's lease was found lost: the permit may already belong to

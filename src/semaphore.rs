@@ -20,8 +20,9 @@ pub const DEFAULT_SEMAPHORE_PREFIX: &str = "redsync:semaphore";
 /// lease, once expired, lets any client reclaim it.
 ///
 /// Each handle renews its leases from a background task on its runtime `R`. Many tasks can
-/// share one handle (it is `Sync`; wrap it in an `Arc`); waiting tasks of one handle queue
-/// locally, first come first served, on a few blocking connections.
+/// share one handle: it is cheap to clone (an `Arc` inside; clones are the same handle, with
+/// one lease and one queue), and its waiting tasks queue locally, first come first served,
+/// on a few blocking connections.
 ///
 /// # Examples
 ///
@@ -36,7 +37,7 @@ pub const DEFAULT_SEMAPHORE_PREFIX: &str = "redsync:semaphore";
 /// permit.release().await?;
 /// # Ok(()) }
 /// ```
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Semaphore<R: Runtime> {
     engine: Arc<Engine<R>>,
 }
@@ -220,7 +221,30 @@ impl<R: Runtime> Semaphore<R> {
         Ok(self.engine.try_take().await?.map(Permit::new))
     }
 
-    /// Gives back one permit kept with [`Permit::forget`] (redsync's `release()`).
+    /// The number of free permits in Redis now (one round trip): a snapshot, which other
+    /// processes may change at once (tokio's `available_permits`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Redis`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(sem: redis_sync::Semaphore<redis_sync::Tokio>) -> redis_sync::Result<()> {
+    /// println!("{} of {} free", sem.available_permits().await?, sem.count());
+    /// # Ok(()) }
+    /// ```
+    pub async fn available_permits(&self) -> Result<usize> {
+        let mut conn = self.engine.conn.clone();
+        Ok(redis::AsyncCommands::llen(&mut conn, &self.engine.cfg.keys.pool).await?)
+    }
+
+    /// Gives back one permit kept with [`Permit::detach`] (redsync's `release()`).
     ///
     /// # Errors
     ///
@@ -235,7 +259,7 @@ impl<R: Runtime> Semaphore<R> {
     ///
     /// ```no_run
     /// # async fn demo(sem: redis_sync::Semaphore<redis_sync::Tokio>) -> redis_sync::Result<()> {
-    /// sem.acquire().await?.forget();
+    /// sem.acquire().await?.detach();
     /// sem.release().await?;
     /// assert!(matches!(sem.release().await, Err(redis_sync::Error::NotAcquired)));
     /// # Ok(()) }
@@ -264,7 +288,7 @@ impl<R: Runtime> Semaphore<R> {
     }
 
     /// Closes the handle and leaves nothing of it in Redis: the releases of dropped permits
-    /// are sent, permits kept with [`Permit::forget`] are given back, waiting acquires fail
+    /// are sent, permits kept with [`Permit::detach`] are given back, waiting acquires fail
     /// with [`Error::Closed`], blocking waits are ended, and every lease of this handle is
     /// given up with whatever it still holds. When it returns `Ok`, [`Semaphore::inspect`]
     /// shows no holder of this handle and every permit it held is free. Permits still out

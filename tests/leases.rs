@@ -534,7 +534,7 @@ async fn forgotten_permit_expired<R: Runtime>() {
         let cons = Conservation::start::<R>(&client, &name, 2);
         let p = sem.acquire().await.unwrap();
         let holder = p.holder().to_owned();
-        p.forget();
+        p.detach();
         let _: i64 = redis::cmd("ZADD")
             .arg(format!("{base}:leases"))
             .arg("XX")

@@ -452,7 +452,7 @@ async fn drop_then_shutdown<Rt: redis_sync::Runtime>(name: String) {
         .await
         .unwrap();
     let dropped = sem.acquire().await.unwrap();
-    sem.acquire().await.unwrap().forget();
+    sem.acquire().await.unwrap().detach();
     drop(dropped);
     sem.shutdown().await.unwrap();
 }

@@ -19,6 +19,51 @@ runtime_tests! {
     close_marks_held_permits_lost_at_expiry => close_marks_held_permits_lost_at_expiry();
     eviction_policies_are_refused => eviction_policies_are_refused();
     huge_or_zero_options_are_refused => huge_or_zero_options_are_refused();
+    clones_share_one_handle => clones_share_one_handle();
+    bad_prefixes_are_refused => bad_prefixes_are_refused();
+}
+
+/// A clone is the same handle: one lease, one queue; `available_permits` reads Redis.
+async fn clones_share_one_handle<R: Runtime>() {
+    let client = common::client();
+    let name = common::unique_prefix("clones");
+    let sem = Semaphore::<R>::create(&client, &name, 3).await.unwrap();
+    let twin = sem.clone();
+    assert_eq!(sem.available_permits().await.unwrap(), 3);
+    let a = twin.acquire().await.unwrap();
+    let b = sem.acquire().await.unwrap();
+    assert_eq!(a.holder(), b.holder(), "clones hold under one lease");
+    assert_eq!(sem.available_permits().await.unwrap(), 1);
+    twin.acquire().await.unwrap().detach();
+    sem.release().await.expect("a permit detached through a clone is the handle's");
+    drop((a, b));
+    assert_eq!(wait_all_free(&sem).await.free, 3);
+    twin.shutdown().await.unwrap();
+    assert!(sem.is_closed(), "closing a clone closes the handle");
+}
+
+/// An empty prefix, or braces in it, are refused with a typed reason.
+async fn bad_prefixes_are_refused<R: Runtime>() {
+    use redis_sync::Invalid;
+    let client = common::client();
+    for (prefix, why) in [
+        ("", Invalid::EmptyPrefix),
+        (":", Invalid::EmptyPrefix),
+        ("app:{x}", Invalid::BracesInPrefix("app:{x}".into())),
+    ] {
+        match Semaphore::<R>::builder(&client, "jobs")
+            .key_prefix(prefix)
+            .create(1)
+            .await
+        {
+            Err(Error::InvalidArgument(got)) => assert_eq!(got, why),
+            other => panic!("prefix {prefix:?}: expected InvalidArgument({why:?}), got {other:?}"),
+        }
+    }
+    match Event::<R>::builder(&client, "").open().await {
+        Err(Error::InvalidArgument(Invalid::EmptyName)) => {}
+        other => panic!("expected InvalidArgument(EmptyName), got {other:?}"),
+    }
 }
 
 /// `shutdown` sends the release of a dropped permit, gives back a forgotten one and one
@@ -33,7 +78,7 @@ async fn shutdown_gives_everything_back<R: Runtime>() {
         .await
         .unwrap();
     let kept = sem.acquire().await.unwrap();
-    sem.acquire().await.unwrap().forget();
+    sem.acquire().await.unwrap().detach();
     let dropped = sem.acquire().await.unwrap();
     let holder = kept.holder().to_owned();
     let base = holder.rsplit_once('-').unwrap().0.to_owned();

@@ -53,7 +53,7 @@ impl<R: Runtime> Held<R> {
     }
 
     /// Keeps the token held by the handle with no guard; `Semaphore::release` gives it back.
-    pub(crate) fn forget(self) {
+    pub(crate) fn detach(self) {
         let (engine, gen, _) = self.disarm();
         engine.add_detached(gen);
     }

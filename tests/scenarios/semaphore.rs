@@ -519,8 +519,8 @@ pub async fn forget_then_release<R: Runtime>(strategy: InitStrategy) {
     let client = common::client();
     let name = common::unique_prefix("forget");
     let sem = create::<R>(&client, &name, 3, strategy).await;
-    sem.acquire().await.unwrap().forget();
-    sem.acquire().await.unwrap().forget();
+    sem.acquire().await.unwrap().detach();
+    sem.acquire().await.unwrap().detach();
     let st = sem.inspect().await.unwrap();
     assert_eq!((st.free, st.held()), (1, 2), "{st:?}");
     let guarded = sem.acquire().await.unwrap();
@@ -590,8 +590,8 @@ pub async fn dropping_handle_returns_forgotten_permits<R: Runtime>(strategy: Ini
     let name = common::unique_prefix("drop_forgotten");
     let observer = create::<R>(&client, &name, 3, strategy).await;
     let sem = create::<R>(&client, &name, 3, strategy).await;
-    sem.acquire().await.unwrap().forget();
-    sem.acquire().await.unwrap().forget();
+    sem.acquire().await.unwrap().detach();
+    sem.acquire().await.unwrap().detach();
     let st = observer.inspect().await.unwrap();
     assert_eq!((st.free, st.held()), (1, 2), "{st:?}");
     drop(sem);
