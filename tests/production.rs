@@ -21,6 +21,50 @@ runtime_tests! {
     huge_or_zero_options_are_refused => huge_or_zero_options_are_refused();
     clones_share_one_handle => clones_share_one_handle();
     bad_prefixes_are_refused => bad_prefixes_are_refused();
+    reclaim_expired_on_demand => reclaim_expired_on_demand();
+}
+
+/// `reclaim_expired` gives back an expired holder's permits at once, and never touches a
+/// holder whose lease is valid.
+async fn reclaim_expired_on_demand<R: Runtime>() {
+    let client = common::client();
+    let name = common::unique_prefix("reclaim-now");
+    let sem = Semaphore::<R>::builder(&client, &name)
+        .lease_ttl(Duration::from_secs(60))
+        .create(3)
+        .await
+        .unwrap();
+    let crashed = Semaphore::<R>::builder(&client, &name)
+        .lease_ttl(Duration::from_secs(60))
+        .attach(None)
+        .await
+        .unwrap();
+    let valid = sem.acquire().await.unwrap();
+    let gone = crashed.acquire().await.unwrap();
+    let gone2 = crashed.acquire().await.unwrap();
+    assert_eq!(
+        sem.reclaim_expired().await.unwrap(),
+        0,
+        "nothing has expired"
+    );
+    // The crashed holder's lease ends now, behind the library's back.
+    let mut raw = raw_conn(&client).await;
+    let _: () = redis::cmd("ZADD")
+        .arg(format!("redsync:semaphore:{{{name}}}:leases"))
+        .arg("XX")
+        .arg(1)
+        .arg(gone.holder())
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(sem.reclaim_expired().await.unwrap(), 2);
+    assert_eq!(sem.available_permits().await.unwrap(), 2);
+    assert!(!valid.is_lost());
+    valid.release().await.unwrap();
+    crashed.close();
+    drop((gone, gone2));
+    assert_eq!(wait_all_free(&sem).await.free, 3);
+    sem.shutdown().await.unwrap();
 }
 
 /// A clone is the same handle: one lease, one queue; `available_permits` reads Redis.
@@ -35,7 +79,9 @@ async fn clones_share_one_handle<R: Runtime>() {
     assert_eq!(a.holder(), b.holder(), "clones hold under one lease");
     assert_eq!(sem.available_permits().await.unwrap(), 1);
     twin.acquire().await.unwrap().detach();
-    sem.release().await.expect("a permit detached through a clone is the handle's");
+    sem.release()
+        .await
+        .expect("a permit detached through a clone is the handle's");
     drop((a, b));
     assert_eq!(wait_all_free(&sem).await.free, 3);
     twin.shutdown().await.unwrap();

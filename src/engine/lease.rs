@@ -178,6 +178,33 @@ pub(crate) async fn renew_once<R: Runtime>(engine: &Arc<Engine<R>>) -> Result<()
     Ok(())
 }
 
+/// Reclaims now every expired holder and due grave of the primitive, in bounded batches;
+/// returns how many tokens went back to the pool.
+pub(crate) async fn reclaim_expired<R: Runtime>(engine: &Engine<R>) -> Result<i64> {
+    let keys = &engine.cfg.keys;
+    let mut conn = engine.conn.clone();
+    let mut moved = 0;
+    for _ in 0..MAX_BATCHES {
+        let mut inv = DUE.prepare_invoke();
+        inv.key(&keys.leases).key(&keys.graves);
+        let (expired, due): (Vec<String>, Vec<String>) = inv.invoke_async(&mut conn).await?;
+        let full = expired.len() >= BATCH || due.len() >= BATCH;
+        let mut seen = HashSet::new();
+        let holders: Vec<String> = expired
+            .into_iter()
+            .chain(due)
+            .filter(|h| seen.insert(h.clone()))
+            .collect();
+        for chunk in holders.chunks(BATCH) {
+            moved += reclaim_call(engine, chunk.to_vec(), 0).await?;
+        }
+        if !full {
+            break;
+        }
+    }
+    Ok(moved)
+}
+
 /// Gives up every lease whose holder id starts with `holder_base` (every generation of one
 /// handle, including those whose retirement is still in flight), with whatever their lists
 /// hold, in bounded batches.

@@ -443,6 +443,12 @@ impl<R: Runtime> Engine<R> {
         out
     }
 
+    /// Reclaims now the permits of every holder whose lease expired (what any live client
+    /// does at each renewal); returns how many went back.
+    pub(crate) async fn reclaim_expired(&self) -> Result<u64> {
+        Ok(lease::reclaim_expired(self).await?.max(0) as u64)
+    }
+
     /// Resolves once no pump runs (bounded: a pump's blocking wait has a deadline).
     async fn pumps_stopped(&self) {
         let rx = {
