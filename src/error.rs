@@ -118,7 +118,8 @@ impl Error {
     ///
     /// ```
     /// let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-    /// assert!(redis_sync::Error::from(redis::RedisError::from(refused)).is_connection());
+    /// let err = redis_sync::redis::RedisError::from(refused);
+    /// assert!(redis_sync::Error::from(err).is_connection());
     /// assert!(!redis_sync::Error::LeaseLost.is_connection());
     /// ```
     pub fn is_connection(&self) -> bool {

@@ -26,7 +26,7 @@ pub const DEFAULT_EVENT_PREFIX: &str = "redsync:event";
 /// ```no_run
 /// use redis_sync::{Event, Tokio};
 ///
-/// # async fn demo(client: redis::Client) -> redis_sync::Result<()> {
+/// # async fn demo(client: redis_sync::redis::Client) -> redis_sync::Result<()> {
 /// let done = Event::<Tokio>::open(&client, "task_done").await?;
 /// done.set().await?;                 // in one process
 /// done.wait().await?;                // in another: returns once per set()
@@ -53,7 +53,7 @@ impl<R: Runtime> Event<R> {
     /// # Examples
     ///
     /// ```no_run
-    /// # async fn demo(client: redis::Client) -> redis_sync::Result<()> {
+    /// # async fn demo(client: redis_sync::redis::Client) -> redis_sync::Result<()> {
     /// let ev = redis_sync::Event::<redis_sync::Tokio>::open(&client, "ready").await?;
     /// # Ok(()) }
     /// ```
@@ -66,7 +66,7 @@ impl<R: Runtime> Event<R> {
     /// # Examples
     ///
     /// ```no_run
-    /// # async fn demo(client: redis::Client) -> redis_sync::Result<()> {
+    /// # async fn demo(client: redis_sync::redis::Client) -> redis_sync::Result<()> {
     /// let ev = redis_sync::Event::<redis_sync::Tokio>::builder(&client, "ready")
     ///     .key_layout(redis_sync::KeyLayout::Redsync2)
     ///     .open()
@@ -298,7 +298,7 @@ fn settle<R: Runtime>(engine: &Engine<R>, gen: &Arc<crate::engine::Generation>, 
 /// # Examples
 ///
 /// ```no_run
-/// # async fn demo(client: redis::Client) -> redis_sync::Result<()> {
+/// # async fn demo(client: redis_sync::redis::Client) -> redis_sync::Result<()> {
 /// let ev = redis_sync::Event::<redis_sync::Tokio>::builder(&client, "ready")
 ///     .key_prefix("myapp:event")
 ///     .open()
@@ -319,7 +319,7 @@ impl<R: Runtime> EventBuilder<R> {
     /// # Examples
     ///
     /// ```no_run
-    /// # async fn demo(client: redis::Client) {
+    /// # async fn demo(client: redis_sync::redis::Client) {
     /// let b = redis_sync::Event::<redis_sync::Tokio>::builder(&client, "ready").key_prefix("app:ev");
     /// # }
     /// ```
@@ -333,7 +333,7 @@ impl<R: Runtime> EventBuilder<R> {
     /// # Examples
     ///
     /// ```no_run
-    /// # async fn demo(client: redis::Client) {
+    /// # async fn demo(client: redis_sync::redis::Client) {
     /// let b = redis_sync::Event::<redis_sync::Tokio>::builder(&client, "ready")
     ///     .key_layout(redis_sync::KeyLayout::Redsync2);
     /// # }
@@ -349,7 +349,7 @@ impl<R: Runtime> EventBuilder<R> {
     /// # Examples
     ///
     /// ```no_run
-    /// # async fn demo(client: redis::Client) {
+    /// # async fn demo(client: redis_sync::redis::Client) {
     /// let b = redis_sync::Event::<redis_sync::Tokio>::builder(&client, "ready")
     ///     .lease_ttl(std::time::Duration::from_secs(10));
     /// # }
@@ -365,7 +365,7 @@ impl<R: Runtime> EventBuilder<R> {
     /// # Examples
     ///
     /// ```no_run
-    /// # async fn demo(client: redis::Client) {
+    /// # async fn demo(client: redis_sync::redis::Client) {
     /// let b = redis_sync::Event::<redis_sync::Tokio>::builder(&client, "ready")
     ///     .max_blocking_connections(1);
     /// # }
@@ -381,7 +381,7 @@ impl<R: Runtime> EventBuilder<R> {
     /// # Examples
     ///
     /// ```no_run
-    /// # async fn demo(client: redis::Client) {
+    /// # async fn demo(client: redis_sync::redis::Client) {
     /// let b = redis_sync::Event::<redis_sync::Tokio>::builder(&client, "ready")
     ///     .response_timeout(std::time::Duration::from_secs(2));
     /// # }
@@ -398,7 +398,7 @@ impl<R: Runtime> EventBuilder<R> {
     /// # Examples
     ///
     /// ```no_run
-    /// # async fn demo(client: redis::Client) {
+    /// # async fn demo(client: redis_sync::redis::Client) {
     /// let b = redis_sync::Event::<redis_sync::Tokio>::builder(&client, "ready")
     ///     .allow_eviction_policy(true);
     /// # }
@@ -421,7 +421,7 @@ impl<R: Runtime> EventBuilder<R> {
     /// # Examples
     ///
     /// ```no_run
-    /// # async fn demo(client: redis::Client) -> redis_sync::Result<()> {
+    /// # async fn demo(client: redis_sync::redis::Client) -> redis_sync::Result<()> {
     /// let ev = redis_sync::Event::<redis_sync::Tokio>::builder(&client, "ready").open().await?;
     /// # Ok(()) }
     /// ```

@@ -1,7 +1,7 @@
 //! The runtime layer: the only thing the primitives need from an executor is to spawn a
 //! detached task (lease watchdog, waiter pumps, releases from `Drop`) and to sleep.
 //!
-//! One marker type per cargo feature: [`Tokio`], [`Smol`], [`AsyncStd`]. Features are
+//! One marker type per cargo feature: `Tokio`, `Smol`, `AsyncStd`. Features are
 //! additive; with several on, pick the runtime by the type parameter.
 
 use std::future::Future;
@@ -11,7 +11,7 @@ use crate::Result;
 
 /// An async executor the primitives can run their background work on.
 ///
-/// Implemented by [`Tokio`], [`Smol`] and [`AsyncStd`] (each behind its cargo feature).
+/// Implemented by `Tokio`, `Smol` and `AsyncStd` (each behind its cargo feature).
 /// The Redis connections are driven by redis-rs: `Tokio` uses its `tokio-comp` support and
 /// `Smol`/`AsyncStd` its `smol-comp` support.
 ///
@@ -54,6 +54,7 @@ pub trait Runtime: Clone + Send + Sync + std::fmt::Debug + 'static {
 /// # });
 /// ```
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 #[derive(Clone, Debug)]
 pub struct Tokio(tokio::runtime::Handle);
 
@@ -89,6 +90,7 @@ impl Runtime for Tokio {
 /// });
 /// ```
 #[cfg(feature = "smol")]
+#[cfg_attr(docsrs, doc(cfg(feature = "smol")))]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Smol;
 
@@ -125,6 +127,7 @@ impl Runtime for Smol {
 /// });
 /// ```
 #[cfg(feature = "async-std")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async-std")))]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AsyncStd;
 

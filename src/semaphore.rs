@@ -30,7 +30,7 @@ pub const DEFAULT_SEMAPHORE_PREFIX: &str = "redsync:semaphore";
 /// use redis_sync::{Semaphore, Tokio};
 ///
 /// # async fn demo() -> redis_sync::Result<()> {
-/// let client = redis::Client::open("redis://127.0.0.1/")?;
+/// let client = redis_sync::redis::Client::open("redis://127.0.0.1/")?;
 /// let sem = Semaphore::<Tokio>::create(&client, "exports", 3).await?;
 /// let permit = sem.acquire().await?;
 /// // at most 3 holders across every process are here
@@ -59,7 +59,7 @@ impl<R: Runtime> Semaphore<R> {
     /// # Examples
     ///
     /// ```no_run
-    /// # async fn demo(client: redis::Client) -> redis_sync::Result<()> {
+    /// # async fn demo(client: redis_sync::redis::Client) -> redis_sync::Result<()> {
     /// let sem = redis_sync::Semaphore::<redis_sync::Tokio>::create(&client, "jobs", 5).await?;
     /// assert_eq!(sem.count(), 5);
     /// # Ok(()) }
@@ -83,7 +83,7 @@ impl<R: Runtime> Semaphore<R> {
     ///
     /// ```no_run
     /// # use std::time::Duration;
-    /// # async fn demo(client: redis::Client) -> redis_sync::Result<()> {
+    /// # async fn demo(client: redis_sync::redis::Client) -> redis_sync::Result<()> {
     /// let sem = redis_sync::Semaphore::<redis_sync::Tokio>::attach(
     ///     &client, "jobs", Some(Duration::from_secs(60))).await?;
     /// println!("{} permits", sem.count());
@@ -105,7 +105,7 @@ impl<R: Runtime> Semaphore<R> {
     /// ```no_run
     /// # use std::time::Duration;
     /// use redis_sync::{InitStrategy, KeyLayout, Semaphore, Tokio};
-    /// # async fn demo(client: redis::Client) -> redis_sync::Result<()> {
+    /// # async fn demo(client: redis_sync::redis::Client) -> redis_sync::Result<()> {
     /// let sem = Semaphore::<Tokio>::builder(&client, "jobs")
     ///     .lease_ttl(Duration::from_secs(30))
     ///     .init_strategy(InitStrategy::OptimisticLocking)
@@ -393,7 +393,7 @@ impl<R: Runtime> Semaphore<R> {
 ///
 /// ```no_run
 /// # use std::time::Duration;
-/// # async fn demo(client: redis::Client) -> redis_sync::Result<()> {
+/// # async fn demo(client: redis_sync::redis::Client) -> redis_sync::Result<()> {
 /// let sem = redis_sync::Semaphore::<redis_sync::Tokio>::builder(&client, "jobs")
 ///     .key_prefix("myapp:sem")
 ///     .lease_ttl(Duration::from_secs(20))
@@ -416,7 +416,7 @@ impl<R: Runtime> SemaphoreBuilder<R> {
     /// # Examples
     ///
     /// ```no_run
-    /// # async fn demo(client: redis::Client) {
+    /// # async fn demo(client: redis_sync::redis::Client) {
     /// let b = redis_sync::Semaphore::<redis_sync::Tokio>::builder(&client, "jobs")
     ///     .lease_ttl(std::time::Duration::from_secs(10));
     /// # }
@@ -431,7 +431,7 @@ impl<R: Runtime> SemaphoreBuilder<R> {
     /// # Examples
     ///
     /// ```no_run
-    /// # async fn demo(client: redis::Client) {
+    /// # async fn demo(client: redis_sync::redis::Client) {
     /// let b = redis_sync::Semaphore::<redis_sync::Tokio>::builder(&client, "jobs")
     ///     .init_strategy(redis_sync::InitStrategy::OptimisticLocking);
     /// # }
@@ -446,7 +446,7 @@ impl<R: Runtime> SemaphoreBuilder<R> {
     /// # Examples
     ///
     /// ```no_run
-    /// # async fn demo(client: redis::Client) {
+    /// # async fn demo(client: redis_sync::redis::Client) {
     /// let b = redis_sync::Semaphore::<redis_sync::Tokio>::builder(&client, "jobs")
     ///     .key_prefix("myapp:sem");
     /// # }
@@ -461,7 +461,7 @@ impl<R: Runtime> SemaphoreBuilder<R> {
     /// # Examples
     ///
     /// ```no_run
-    /// # async fn demo(client: redis::Client) {
+    /// # async fn demo(client: redis_sync::redis::Client) {
     /// let b = redis_sync::Semaphore::<redis_sync::Tokio>::builder(&client, "jobs")
     ///     .key_layout(redis_sync::KeyLayout::Redsync2);
     /// # }
@@ -477,7 +477,7 @@ impl<R: Runtime> SemaphoreBuilder<R> {
     /// # Examples
     ///
     /// ```no_run
-    /// # async fn demo(client: redis::Client) {
+    /// # async fn demo(client: redis_sync::redis::Client) {
     /// let b = redis_sync::Semaphore::<redis_sync::Tokio>::builder(&client, "jobs")
     ///     .max_blocking_connections(2);
     /// # }
@@ -494,7 +494,7 @@ impl<R: Runtime> SemaphoreBuilder<R> {
     /// # Examples
     ///
     /// ```no_run
-    /// # async fn demo(client: redis::Client) {
+    /// # async fn demo(client: redis_sync::redis::Client) {
     /// let b = redis_sync::Semaphore::<redis_sync::Tokio>::builder(&client, "jobs")
     ///     .local_handoff_limit(0);
     /// # }
@@ -512,7 +512,7 @@ impl<R: Runtime> SemaphoreBuilder<R> {
     /// # Examples
     ///
     /// ```no_run
-    /// # async fn demo(client: redis::Client) {
+    /// # async fn demo(client: redis_sync::redis::Client) {
     /// let b = redis_sync::Semaphore::<redis_sync::Tokio>::builder(&client, "jobs")
     ///     .response_timeout(std::time::Duration::from_secs(2));
     /// # }
@@ -530,7 +530,7 @@ impl<R: Runtime> SemaphoreBuilder<R> {
     /// # Examples
     ///
     /// ```no_run
-    /// # async fn demo(client: redis::Client) {
+    /// # async fn demo(client: redis_sync::redis::Client) {
     /// let b = redis_sync::Semaphore::<redis_sync::Tokio>::builder(&client, "jobs")
     ///     .allow_eviction_policy(true);
     /// # }
@@ -553,7 +553,7 @@ impl<R: Runtime> SemaphoreBuilder<R> {
     /// # Examples
     ///
     /// ```no_run
-    /// # async fn demo(client: redis::Client) -> redis_sync::Result<()> {
+    /// # async fn demo(client: redis_sync::redis::Client) -> redis_sync::Result<()> {
     /// let sem = redis_sync::Semaphore::<redis_sync::Tokio>::builder(&client, "jobs")
     ///     .create(3)
     ///     .await?;
@@ -595,7 +595,7 @@ impl<R: Runtime> SemaphoreBuilder<R> {
     /// # Examples
     ///
     /// ```no_run
-    /// # async fn demo(client: redis::Client) -> redis_sync::Result<()> {
+    /// # async fn demo(client: redis_sync::redis::Client) -> redis_sync::Result<()> {
     /// let sem = redis_sync::Semaphore::<redis_sync::Tokio>::builder(&client, "jobs")
     ///     .attach(None)
     ///     .await?;
@@ -626,7 +626,7 @@ impl<R: Runtime> SemaphoreBuilder<R> {
     /// # Examples
     ///
     /// ```no_run
-    /// # async fn demo(client: redis::Client) -> redis_sync::Result<()> {
+    /// # async fn demo(client: redis_sync::redis::Client) -> redis_sync::Result<()> {
     /// let state = redis_sync::Semaphore::<redis_sync::Tokio>::builder(&client, "jobs")
     ///     .inspect()
     ///     .await?;
