@@ -124,6 +124,11 @@ impl<R: Runtime> Event<R> {
     /// ev.wait().await?;
     /// # Ok(()) }
     /// ```
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "wait", level = "debug", skip_all,
+            fields(primitive = %self.engine.cfg.keys.pool))
+    )]
     pub async fn wait(&self) -> Result<()> {
         loop {
             let held = self.engine.take().await?;
@@ -158,10 +163,24 @@ impl<R: Runtime> Event<R> {
         match runtime::timeout(&self.engine.rt, timeout, self.wait()).await {
             Some(res) => res,
             None => {
+                self.engine.note_timeout();
                 self.engine.settle_cut_waits().await;
                 Err(Error::Timeout(timeout))
             }
         }
+    }
+
+    /// What this handle has done and holds (see [`Stats`](crate::Stats)); no Redis call.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(ev: redis_sync::Event<redis_sync::Tokio>) {
+    /// println!("{} waiting", ev.stats().waiting);
+    /// # }
+    /// ```
+    pub fn stats(&self) -> crate::Stats {
+        self.engine.stats()
     }
 
     /// Removes every pending signal.
@@ -266,8 +285,12 @@ async fn consume<R: Runtime>(held: Held<R>) -> Result<bool> {
         if let Ok(Some(_)) = reply {
             let mut conn = e2.conn.clone();
             let pool = e2.cfg.keys.pool.clone();
+            let engine = e2.clone();
             e2.rt.spawn(async move {
-                let _: RedisResult<i64> = conn.lpush(pool, SIGNAL_TOKEN).await;
+                let put_back: RedisResult<i64> = conn.lpush(pool, SIGNAL_TOKEN).await;
+                if let Err(e) = put_back {
+                    engine.background_error("putting back a signal taken for a gone waiter", &e);
+                }
             });
         }
         settle(&e2, &g2, reply.is_err());

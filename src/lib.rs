@@ -15,6 +15,9 @@ mod permit;
 mod runtime;
 mod scripts;
 mod semaphore;
+mod stats;
+#[macro_use]
+mod trace;
 
 pub use error::{Error, Invalid, Result};
 pub use event::{Event, EventBuilder, DEFAULT_EVENT_PREFIX};
@@ -33,6 +36,7 @@ pub use runtime::Smol;
 #[cfg(feature = "tokio")]
 pub use runtime::Tokio;
 pub use semaphore::{Semaphore, SemaphoreBuilder, DEFAULT_SEMAPHORE_PREFIX};
+pub use stats::Stats;
 
 // Re-exported so users need not depend on the same `redis` version themselves.
 pub use redis;

@@ -59,6 +59,11 @@ impl<R: Runtime> Permit<R> {
     /// permit.release().await?;
     /// # Ok(()) }
     /// ```
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "release", level = "debug", skip_all,
+            fields(primitive = %self.held.engine.cfg.keys.pool, holder = %self.held.gen.id))
+    )]
     pub async fn release(self) -> Result<()> {
         self.held.release().await
     }

@@ -157,7 +157,19 @@ impl<R: Runtime> Semaphore<R> {
     /// let _permit = sem.acquire().await?;
     /// # Ok(()) }
     /// ```
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "acquire", level = "debug", skip_all,
+            fields(primitive = %self.engine.cfg.keys.pool, holder = tracing::field::Empty))
+    )]
     pub async fn acquire(&self) -> Result<Permit<R>> {
+        let permit = Permit::new(self.engine.take().await?);
+        #[cfg(feature = "tracing")]
+        tracing::Span::current().record("holder", permit.holder());
+        Ok(permit)
+    }
+
+    async fn acquire_untraced(&self) -> Result<Permit<R>> {
         Ok(Permit::new(self.engine.take().await?))
     }
 
@@ -187,10 +199,16 @@ impl<R: Runtime> Semaphore<R> {
     /// }
     /// # Ok(()) }
     /// ```
+    #[cfg_attr(
+        feature = "tracing",
+        tracing::instrument(name = "acquire", level = "debug", skip_all,
+            fields(primitive = %self.engine.cfg.keys.pool, ?timeout))
+    )]
     pub async fn acquire_timeout(&self, timeout: Duration) -> Result<Permit<R>> {
-        match runtime::timeout(&self.engine.rt, timeout, self.acquire()).await {
+        match runtime::timeout(&self.engine.rt, timeout, self.acquire_untraced()).await {
             Some(res) => res,
             None => {
+                self.engine.note_timeout();
                 self.engine.settle_cut_waits().await;
                 self.engine.kick_reclaim();
                 Err(Error::Timeout(timeout))
@@ -334,6 +352,22 @@ impl<R: Runtime> Semaphore<R> {
     /// ```
     pub fn is_closed(&self) -> bool {
         self.engine.is_closed()
+    }
+
+    /// What this handle has done and holds: waiting tasks, held permits, grants, timeouts,
+    /// lost leases, reclaims, background errors, blocking connections. Plain numbers read
+    /// without a Redis call.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(sem: redis_sync::Semaphore<redis_sync::Tokio>) -> redis_sync::Result<()> {
+    /// let _permit = sem.acquire().await?;
+    /// assert_eq!(sem.stats().held, 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn stats(&self) -> crate::Stats {
+        self.engine.stats()
     }
 
     /// Gives back, now, the permits of every holder whose lease has expired (a crashed or

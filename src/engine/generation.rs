@@ -96,6 +96,11 @@ impl Generation {
         self.word.fetch_add(OUTSTANDING_ONE, Ordering::SeqCst);
     }
 
+    /// Permits granted under this generation and not yet given back.
+    pub(crate) fn outstanding(&self) -> usize {
+        (self.word.load(Ordering::SeqCst) & (INFLIGHT_ONE - 1)) as usize
+    }
+
     pub(crate) fn sub_outstanding(&self) {
         self.word.fetch_sub(OUTSTANDING_ONE, Ordering::SeqCst);
     }

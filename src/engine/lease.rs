@@ -14,6 +14,8 @@ use redis::{AsyncCommands, RedisResult};
 use super::{Engine, Generation, Kind, GRAVE};
 use crate::runtime::Runtime;
 use crate::scripts::{DUE, RECLAIM, RENEW};
+use crate::stats::Counters;
+use crate::trace::trace_event;
 use crate::{Error, Result};
 
 /// How many holders one reclaim call handles: bounded work per script call, repeated until
@@ -67,7 +69,13 @@ pub(super) fn spawn_watchdog<R: Runtime>(engine: &Arc<Engine<R>>, stop: oneshot:
             }
             let Some(engine) = weak.upgrade() else { return };
             last_sent = Instant::now();
-            failing = renew_keeping_time(&engine, &mut stop).await.is_err();
+            failing = match renew_keeping_time(&engine, &mut stop).await {
+                Ok(()) => false,
+                Err(e) => {
+                    engine.background_error("renewal", &e);
+                    true
+                }
+            };
         }
     });
 }
@@ -136,6 +144,7 @@ pub(crate) async fn renew_once<R: Runtime>(engine: &Arc<Engine<R>>) -> Result<()
     type Renewed = (i64, Vec<i64>, Vec<String>, Vec<String>, Vec<String>);
     let (meta_ok, status, expired, due, newest): Renewed = inv.invoke_async(&mut conn).await?;
     let expires_by = engine.loss_deadline(sent);
+    trace_event!(trace, primitive = %keys.pool, leases = gens.len(), took = ?sent.elapsed(), "renewed");
     for (gen, renewed) in gens.iter().zip(status) {
         if renewed == 1 {
             gen.renewed(expires_by);
@@ -166,7 +175,8 @@ pub(crate) async fn renew_once<R: Runtime>(engine: &Arc<Engine<R>>) -> Result<()
         }
         others.retain(|h| !mine.contains(h) && seen.insert(h.clone()));
         for chunk in others.chunks(BATCH) {
-            reclaim_call(engine, chunk.to_vec(), 0).await?;
+            let moved = reclaim_call(engine, chunk.to_vec(), 0).await?;
+            note_reclaimed(engine, moved);
         }
         if !full {
             break;
@@ -196,13 +206,22 @@ pub(crate) async fn reclaim_expired<R: Runtime>(engine: &Engine<R>) -> Result<i6
             .filter(|h| seen.insert(h.clone()))
             .collect();
         for chunk in holders.chunks(BATCH) {
-            moved += reclaim_call(engine, chunk.to_vec(), 0).await?;
+            let n = reclaim_call(engine, chunk.to_vec(), 0).await?;
+            note_reclaimed(engine, n);
+            moved += n;
         }
         if !full {
             break;
         }
     }
     Ok(moved)
+}
+
+fn note_reclaimed<R: Runtime>(engine: &Engine<R>, moved: i64) {
+    if moved > 0 {
+        Counters::add(&engine.counters.reclaimed, moved as u64);
+        trace_event!(info, primitive = %engine.cfg.keys.pool, permits = moved, "reclaimed from expired holders");
+    }
 }
 
 /// Gives up every lease whose holder id starts with `holder_base` (every generation of one

@@ -22,6 +22,8 @@ use redis::aio::MultiplexedConnection;
 use crate::connection::SharedConn;
 use crate::keys::Keys;
 use crate::runtime::Runtime;
+use crate::stats::{Counters, OpenConnection, Stats};
+use crate::trace::trace_event;
 use crate::{Error, Result};
 
 pub(crate) use detached::Detachable;
@@ -88,6 +90,8 @@ pub(crate) struct Blocked {
 pub(crate) struct BlockingConn {
     pub conn: MultiplexedConnection,
     pub id: i64,
+    /// Counted in [`Stats::blocking_connections`](crate::Stats) while it lives.
+    _open: OpenConnection,
 }
 
 #[derive(Debug)]
@@ -126,6 +130,10 @@ pub(crate) struct Engine<R: Runtime> {
     pub count: AtomicU32,
     holder_base: String,
     next_gen: AtomicU64,
+    /// What it did, for [`Stats`].
+    pub(crate) counters: Counters,
+    /// Itself, for background tasks that must not keep it alive.
+    me: std::sync::Weak<Engine<R>>,
     /// Numbers the blocking waits, to find a pump's switch again.
     next_block: AtomicU64,
     closed: AtomicBool,
@@ -171,7 +179,8 @@ impl<R: Runtime> Engine<R> {
         eviction?;
         scripts?;
         let (stop_tx, stop_rx) = oneshot::channel();
-        let engine = Arc::new(Engine {
+        let engine = Arc::new_cyclic(|me| Engine {
+            me: me.clone(),
             rt,
             conn,
             cfg,
@@ -180,6 +189,7 @@ impl<R: Runtime> Engine<R> {
             next_gen: AtomicU64::new(0),
             next_block: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            counters: Counters::default(),
             unblock_refused: AtomicBool::new(false),
             last_kick: AtomicU64::new(0),
             empty_until: AtomicU64::new(0),
@@ -273,6 +283,14 @@ impl<R: Runtime> Engine<R> {
             .invoke_async(&mut conn)
             .await?;
         let gen = Arc::new(Generation::new(id, held_key, self.loss_deadline(sent)));
+        if n > 0 {
+            trace_event!(
+                warn,
+                primitive = %self.cfg.keys.pool,
+                holder = %gen.id,
+                "new lease generation: the previous one was lost or had a request of unknown outcome"
+            );
+        }
         let mut st = self.state();
         if self.is_closed() {
             gen.mark_dirty();
@@ -303,6 +321,14 @@ impl<R: Runtime> Engine<R> {
     /// The lease of `gen` is gone: its permits are reclaimed (or about to be) by the server.
     pub(crate) fn lose(&self, gen: &Arc<Generation>) {
         if gen.mark_lost() {
+            Counters::add(&self.counters.lost_leases, 1);
+            trace_event!(
+                warn,
+                primitive = %self.cfg.keys.pool,
+                holder = %gen.id,
+                permits = gen.outstanding(),
+                "lease lost: its permits may be granted to others; work under them is no longer protected"
+            );
             let mut st = self.state();
             st.gens.retain(|g| !Arc::ptr_eq(g, gen));
             if st.current.as_ref().is_some_and(|c| Arc::ptr_eq(c, gen)) {
@@ -346,15 +372,25 @@ impl<R: Runtime> Engine<R> {
         // grave, is swept once more when that can no longer happen.
         let sweep = lease::reclaim_call(self, ids, 0);
         let late = self.cfg.response_timeout.min(Duration::from_secs(1));
+        let weak = self.me.clone();
         self.rt.spawn(async move {
             // Retried while the connection recovers; if every attempt fails, the lease is no
             // longer renewed: it expires and any live client reclaims what is left.
             let mut delay = Duration::from_millis(50);
             for call in calls {
-                if call.await.is_ok() {
-                    engine_rt.sleep(late).await;
-                    let _ = sweep.await;
-                    return;
+                match call.await {
+                    Ok(_) => {
+                        engine_rt.sleep(late).await;
+                        if let (Err(e), Some(engine)) = (sweep.await, weak.upgrade()) {
+                            engine.background_error("sweep of a retired generation", &e);
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        if let Some(engine) = weak.upgrade() {
+                            engine.background_error("retirement", &e);
+                        }
+                    }
                 }
                 engine_rt.sleep(delay).await;
                 delay *= 2;
@@ -483,8 +519,38 @@ impl<R: Runtime> Engine<R> {
         }
         let engine = self.clone();
         self.rt.spawn(async move {
-            let _ = lease::renew_once(&engine).await;
+            if let Err(e) = lease::renew_once(&engine).await {
+                engine.background_error("reclaim", &e);
+            }
         });
+    }
+
+    /// A failure in background work: counted in [`Stats`], traced with the `tracing`
+    /// feature, never silently dropped.
+    pub(crate) fn background_error(&self, what: &'static str, err: &dyn std::fmt::Display) {
+        Counters::add(&self.counters.background_errors, 1);
+        trace_event!(warn, primitive = %self.cfg.keys.pool, task = what, error = %err, "background error");
+        let _ = (what, err);
+    }
+
+    /// A wait of this handle timed out.
+    pub(crate) fn note_timeout(&self) {
+        Counters::add(&self.counters.timeouts, 1);
+        trace_event!(debug, primitive = %self.cfg.keys.pool, "wait timed out");
+    }
+
+    /// A token was granted to a caller of this handle.
+    pub(crate) fn note_grant(&self, gen: &Generation) {
+        Counters::add(&self.counters.grants, 1);
+        trace_event!(debug, primitive = %self.cfg.keys.pool, holder = %gen.id, "granted");
+        let _ = gen;
+    }
+
+    /// What this handle has done and holds, without a Redis call.
+    pub(crate) fn stats(&self) -> Stats {
+        let st = self.state();
+        let held = st.gens.iter().map(|g| g.outstanding()).sum();
+        self.counters.snapshot(st.waiters.len(), held)
     }
 
     /// Records a permit kept without a guard.
@@ -505,11 +571,12 @@ impl<R: Runtime> Engine<R> {
             return Ok(c);
         }
         let mut conn = self.conn.dedicated(block).await?;
+        let _open = OpenConnection::new(&self.counters.blocking_connections);
         let id: i64 = redis::cmd("CLIENT")
             .arg("ID")
             .query_async(&mut conn)
             .await?;
-        Ok(BlockingConn { conn, id })
+        Ok(BlockingConn { conn, id, _open })
     }
 }
 
@@ -540,8 +607,12 @@ impl<R: Runtime> Drop for Engine<R> {
         if !ids.is_empty() {
             let n = ids.len();
             let call = lease::reclaim_call(self, ids, n);
+            // The engine is gone: nothing left to count this in; traced only.
             self.rt.spawn(async move {
-                let _ = call.await;
+                if let Err(e) = call.await {
+                    trace_event!(warn, error = %e, "background error: giving up the leases of a dropped handle");
+                    let _ = e;
+                }
             });
         }
     }

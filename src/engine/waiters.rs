@@ -19,6 +19,7 @@ use super::{
 };
 use crate::runtime::Runtime;
 use crate::scripts::{GIVE_BACK, TAKE};
+use crate::trace::trace_event;
 use crate::{Error, Result};
 
 /// How many times in a row a fast-path call may find the lease gone before giving up.
@@ -47,6 +48,7 @@ impl<R: Runtime> Engine<R> {
             }
             self.note_pool_empty();
         }
+        trace_event!(debug, primitive = %self.cfg.keys.pool, "waiting");
         let (seq, rx) = self.enqueue();
         let mut ticket = Ticket {
             engine: self,
@@ -54,7 +56,11 @@ impl<R: Runtime> Engine<R> {
             rx,
         };
         match (&mut ticket.rx).await {
-            Ok(res) => res,
+            Ok(Ok(held)) => {
+                self.note_grant(&held.gen);
+                Ok(held)
+            }
+            Ok(Err(e)) => Err(e),
             // The pumps never drop a waiter unanswered unless the engine is closing.
             Err(_) => Err(Error::Closed),
         }
@@ -68,9 +74,14 @@ impl<R: Runtime> Engine<R> {
     pub(crate) fn flush_outbox(self: &Arc<Self>) -> impl std::future::Future<Output = ()> {
         let gens = std::mem::take(&mut self.state().outbox);
         let calls: Vec<_> = gens.into_iter().map(|gen| self.give_back(gen)).collect();
+        let engine = self.clone();
         async move {
             if !calls.is_empty() {
-                join_all(calls).await;
+                for res in join_all(calls).await {
+                    if let Err(e @ Error::Redis(_)) = res {
+                        engine.background_error("release from Drop", &e);
+                    }
+                }
             }
         }
     }
@@ -79,6 +90,9 @@ impl<R: Runtime> Engine<R> {
     /// permits dropped just before, which go first on the same connection).
     pub(crate) async fn try_take(self: &Arc<Self>) -> Result<Option<Held<R>>> {
         let ((), taken) = futures::join!(self.flush_outbox(), self.try_take_now());
+        if let Ok(Some(held)) = &taken {
+            self.note_grant(&held.gen);
+        }
         taken
     }
 
@@ -104,8 +118,10 @@ impl<R: Runtime> Engine<R> {
             let (engine, g) = (self.clone(), gen.clone());
             let reply = Detachable::new(self.rt.clone(), call, move |reply| {
                 // The caller is gone: a token taken for it goes back.
-                if let Some(held) = engine.settle_take(&g, reply).ok().flatten() {
-                    drop(held);
+                match engine.settle_take(&g, reply) {
+                    Ok(held) => drop(held),
+                    Err(e @ Error::Redis(_)) => engine.background_error("orphaned take", &e),
+                    Err(_) => {}
                 }
             })
             .await;
@@ -460,7 +476,9 @@ impl<R: Runtime> Engine<R> {
         // run out (the watchdog's timer may not have fired yet).
         self.lose_if_expired(&held.gen);
         if let Some(held) = self.hand_to_waiter(held) {
-            let _ = self.give_back(held.disarm().1).await;
+            if let Err(e @ Error::Redis(_)) = self.give_back(held.disarm().1).await {
+                self.background_error("give-back of an undelivered grant", &e);
+            }
         }
     }
 
@@ -555,7 +573,9 @@ impl<R: Runtime> Engine<R> {
         };
         let (engine, g) = (self.clone(), gen.clone());
         let call = Detachable::new(self.rt.clone(), call, move |reply| {
-            let _ = engine.settle_give_back(&g, reply);
+            if let Err(e @ Error::Redis(_)) = engine.settle_give_back(&g, reply) {
+                engine.background_error("orphaned release", &e);
+            }
         });
         let engine = self.clone();
         async move {
