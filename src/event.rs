@@ -1,6 +1,5 @@
 //! The distributed one-to-one event.
 
-use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,7 +76,7 @@ impl<R: Runtime> Event<R> {
         EventBuilder {
             client: client.clone(),
             opts: Options::new(name, DEFAULT_EVENT_PREFIX),
-            _runtime: PhantomData,
+            rt: None,
         }
     }
 
@@ -333,7 +332,7 @@ fn settle<R: Runtime>(engine: &Engine<R>, gen: &Arc<crate::engine::Generation>, 
 pub struct EventBuilder<R: Runtime> {
     client: redis::Client,
     opts: Options,
-    _runtime: PhantomData<fn() -> R>,
+    rt: Option<R>,
 }
 
 impl<R: Runtime> EventBuilder<R> {
@@ -414,6 +413,22 @@ impl<R: Runtime> EventBuilder<R> {
         self
     }
 
+    /// The runtime to run this handle's background work on, instead of
+    /// `R::try_current()`; see [`SemaphoreBuilder::runtime`](crate::SemaphoreBuilder::runtime).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redis_sync::redis::Client) -> redis_sync::Result<()> {
+    /// use redis_sync::{Event, Runtime, Tokio};
+    /// let ev = Event::<Tokio>::builder(&client, "ready").runtime(Tokio::try_current()?).open().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn runtime(mut self, rt: R) -> Self {
+        self.rt = Some(rt);
+        self
+    }
+
     /// Whether to accept a Redis server whose eviction policy may delete this library's
     /// keys (default `false`: `open` fails with [`Error::EvictionPolicy`]); see
     /// [`SemaphoreBuilder::allow_eviction_policy`](crate::SemaphoreBuilder::allow_eviction_policy).
@@ -449,7 +464,8 @@ impl<R: Runtime> EventBuilder<R> {
     /// # Ok(()) }
     /// ```
     pub async fn open(self) -> Result<Event<R>> {
-        let engine = Engine::<R>::start(&self.client, self.opts.config(Kind::Event)?).await?;
+        let engine =
+            Engine::<R>::start(&self.client, self.opts.config(Kind::Event)?, self.rt).await?;
         let mut conn = engine.conn.clone();
         let kind: String = match redis::cmd("TYPE")
             .arg(&engine.cfg.keys.pool)

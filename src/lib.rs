@@ -16,7 +16,6 @@ mod runtime;
 mod scripts;
 mod semaphore;
 mod stats;
-#[macro_use]
 mod trace;
 
 pub use error::{Error, Invalid, Result};
@@ -40,3 +39,119 @@ pub use stats::Stats;
 
 // Re-exported so users need not depend on the same `redis` version themselves.
 pub use redis;
+
+/// The per-runtime type aliases of `redis_sync::tokio`, `::smol` and `::async_std`.
+macro_rules! runtime_aliases {
+    ($rt:ty, $name:literal) => {
+        #[doc = concat!("[`Semaphore`](crate::Semaphore) on ", $name, ".")]
+        ///
+        /// # Examples
+        ///
+        /// ```no_run
+        /// # async fn demo(client: redis_sync::redis::Client) -> redis_sync::Result<()> {
+        /// # #[cfg(feature = "tokio")]
+        /// let sem = redis_sync::tokio::Semaphore::create(&client, "jobs", 2).await?;
+        /// # Ok(()) }
+        /// ```
+        pub type Semaphore = crate::Semaphore<$rt>;
+        #[doc = concat!("[`SemaphoreBuilder`](crate::SemaphoreBuilder) on ", $name, ".")]
+        ///
+        /// # Examples
+        ///
+        /// ```no_run
+        /// # async fn demo(client: redis_sync::redis::Client) {
+        /// # #[cfg(feature = "tokio")]
+        /// let b: redis_sync::tokio::SemaphoreBuilder =
+        ///     redis_sync::tokio::Semaphore::builder(&client, "jobs");
+        /// # }
+        /// ```
+        pub type SemaphoreBuilder = crate::SemaphoreBuilder<$rt>;
+        #[doc = concat!("[`Permit`](crate::Permit) on ", $name, ".")]
+        ///
+        /// # Examples
+        ///
+        /// ```no_run
+        /// # #[cfg(feature = "tokio")]
+        /// # async fn demo(sem: redis_sync::tokio::Semaphore) -> redis_sync::Result<()> {
+        /// let permit: redis_sync::tokio::Permit = sem.acquire().await?;
+        /// # Ok(()) }
+        /// ```
+        pub type Permit = crate::Permit<$rt>;
+        #[doc = concat!("[`Event`](crate::Event) on ", $name, ".")]
+        ///
+        /// # Examples
+        ///
+        /// ```no_run
+        /// # async fn demo(client: redis_sync::redis::Client) -> redis_sync::Result<()> {
+        /// # #[cfg(feature = "tokio")]
+        /// let ev = redis_sync::tokio::Event::open(&client, "ready").await?;
+        /// # Ok(()) }
+        /// ```
+        pub type Event = crate::Event<$rt>;
+        #[doc = concat!("[`EventBuilder`](crate::EventBuilder) on ", $name, ".")]
+        ///
+        /// # Examples
+        ///
+        /// ```no_run
+        /// # async fn demo(client: redis_sync::redis::Client) {
+        /// # #[cfg(feature = "tokio")]
+        /// let b: redis_sync::tokio::EventBuilder = redis_sync::tokio::Event::builder(&client, "ready");
+        /// # }
+        /// ```
+        pub type EventBuilder = crate::EventBuilder<$rt>;
+    };
+}
+
+/// The primitives on tokio without a type parameter: `redis_sync::tokio::Semaphore` is
+/// [`Semaphore<Tokio>`](crate::Semaphore).
+///
+/// # Examples
+///
+/// ```no_run
+/// use redis_sync::tokio::Semaphore;
+///
+/// # async fn demo(client: redis_sync::redis::Client) -> redis_sync::Result<()> {
+/// let sem = Semaphore::create(&client, "exports", 3).await?;
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub mod tokio {
+    runtime_aliases!(crate::Tokio, "tokio");
+}
+
+/// The primitives on smol without a type parameter: `redis_sync::smol::Semaphore` is
+/// [`Semaphore<Smol>`](crate::Semaphore).
+///
+/// # Examples
+///
+/// ```no_run
+/// use redis_sync::smol::Semaphore;
+///
+/// # async fn demo(client: redis_sync::redis::Client) -> redis_sync::Result<()> {
+/// let sem = Semaphore::create(&client, "exports", 3).await?;
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "smol")]
+#[cfg_attr(docsrs, doc(cfg(feature = "smol")))]
+pub mod smol {
+    runtime_aliases!(crate::Smol, "smol");
+}
+
+/// The primitives on async-std without a type parameter: `redis_sync::async_std::Semaphore`
+/// is [`Semaphore<AsyncStd>`](crate::Semaphore).
+///
+/// # Examples
+///
+/// ```no_run
+/// use redis_sync::async_std::Semaphore;
+///
+/// # async fn demo(client: redis_sync::redis::Client) -> redis_sync::Result<()> {
+/// let sem = Semaphore::create(&client, "exports", 3).await?;
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "async-std")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async-std")))]
+pub mod async_std {
+    runtime_aliases!(crate::AsyncStd, "async-std");
+}

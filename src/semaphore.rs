@@ -1,6 +1,5 @@
 //! The distributed counting semaphore.
 
-use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,7 +117,7 @@ impl<R: Runtime> Semaphore<R> {
         SemaphoreBuilder {
             client: client.clone(),
             opts: Options::new(name, DEFAULT_SEMAPHORE_PREFIX),
-            _runtime: PhantomData,
+            rt: None,
         }
     }
 
@@ -440,7 +439,7 @@ impl<R: Runtime> Semaphore<R> {
 pub struct SemaphoreBuilder<R: Runtime> {
     client: redis::Client,
     opts: Options,
-    _runtime: PhantomData<fn() -> R>,
+    rt: Option<R>,
 }
 
 impl<R: Runtime> SemaphoreBuilder<R> {
@@ -556,6 +555,26 @@ impl<R: Runtime> SemaphoreBuilder<R> {
         self
     }
 
+    /// The runtime to run this handle's background work on (lease renewal, blocking-wait
+    /// pumps, releases from `Drop`), instead of `R::try_current()`: for an executor of your
+    /// own that has no notion of "current" (see the `custom_executor` example).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redis_sync::redis::Client) -> redis_sync::Result<()> {
+    /// use redis_sync::{Runtime, Semaphore, Tokio};
+    /// let sem = Semaphore::<Tokio>::builder(&client, "jobs")
+    ///     .runtime(Tokio::try_current()?)
+    ///     .create(2)
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn runtime(mut self, rt: R) -> Self {
+        self.rt = Some(rt);
+        self
+    }
+
     /// Whether to accept a Redis server whose eviction policy may delete this library's
     /// keys (default `false`: `create`/`attach` fail with [`Error::EvictionPolicy`] when
     /// `maxmemory` is set with any `maxmemory-policy` but `noeviction`). Evicted keys mean
@@ -597,7 +616,8 @@ impl<R: Runtime> SemaphoreBuilder<R> {
         if !crate::error::COUNT_RANGE.contains(&i64::from(count)) {
             return Err(Error::CountOutOfRange(i64::from(count)));
         }
-        let engine = Engine::<R>::start(&self.client, self.opts.config(Kind::Semaphore)?).await?;
+        let engine =
+            Engine::<R>::start(&self.client, self.opts.config(Kind::Semaphore)?, self.rt).await?;
         let actual = match init::ensure_pool(&engine, count).await {
             Ok(actual) => actual,
             Err(e) => {
@@ -636,7 +656,8 @@ impl<R: Runtime> SemaphoreBuilder<R> {
     /// # Ok(()) }
     /// ```
     pub async fn attach(self, timeout: Option<Duration>) -> Result<Semaphore<R>> {
-        let engine = Engine::<R>::start(&self.client, self.opts.config(Kind::Semaphore)?).await?;
+        let engine =
+            Engine::<R>::start(&self.client, self.opts.config(Kind::Semaphore)?, self.rt).await?;
         let count = match init::wait_for_count(&engine, timeout).await {
             Ok(c) => c,
             Err(e) => {

@@ -161,8 +161,15 @@ impl<R: Runtime> std::fmt::Debug for Engine<R> {
 
 impl<R: Runtime> Engine<R> {
     /// Connects and starts the lease watchdog.
-    pub(crate) async fn start(client: &redis::Client, cfg: Config) -> Result<Arc<Self>> {
-        let rt = R::try_current()?;
+    pub(crate) async fn start(
+        client: &redis::Client,
+        cfg: Config,
+        rt: Option<R>,
+    ) -> Result<Arc<Self>> {
+        let rt = match rt {
+            Some(rt) => rt,
+            None => R::try_current()?,
+        };
         let client = crate::connection::with_tcp_settings(client)?;
         let conn = SharedConn::connect(client, cfg.response_timeout).await?;
         // Both in one round trip on the multiplexed connection. Loading the scripts now
