@@ -3,6 +3,10 @@
 
 #[path = "../../tests/common/server.rs"]
 mod server;
+// Its `client()` is for the library's own `tls-*` features, which this crate lacks.
+#[allow(unexpected_cfgs)]
+#[path = "../../tests/common/tls.rs"]
+mod tls;
 
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -356,4 +360,35 @@ fn usage_errors_exit_2() {
     let help = stdout(&run(&["--help"]));
     assert!(help.contains("Exit codes:"), "{help}");
     assert!(help.contains("set-count"), "{help}");
+}
+
+/// `rediss://` works, with the server's certificate checked against a CA given by
+/// `SSL_CERT_FILE` (read by rustls-native-certs), and fails with exit 1 when the CA is
+/// not trusted.
+#[test]
+fn rediss_urls_work() {
+    let server = tls::TlsRedisServer::start();
+    let ca = std::env::temp_dir().join(format!("redis-sync-cli-ca-{}.crt", server.port));
+    std::fs::write(&ca, &server.ca_pem).unwrap();
+    let run_tls = |ca: Option<&std::path::Path>, args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_redis-sync"));
+        cmd.args(["--url", &server.url]).args(args);
+        cmd.env_remove("REDIS_URL").env_remove("SSL_CERT_DIR");
+        match ca {
+            Some(ca) => cmd.env("SSL_CERT_FILE", ca),
+            None => cmd.env_remove("SSL_CERT_FILE"),
+        };
+        cmd.output().unwrap()
+    };
+    let out = run_tls(Some(&ca), &["--json", "list"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = run_tls(Some(&ca), &["inspect", "nope"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let out = run_tls(None, &["list"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an unknown CA must fail: {out:?}"
+    );
+    let _ = std::fs::remove_file(&ca);
 }
