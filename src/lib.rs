@@ -14,6 +14,7 @@ mod permit;
 mod runtime;
 mod scripts;
 mod semaphore;
+mod sync;
 
 pub use error::{Error, Result};
 pub use event::{Event, EventBuilder, DEFAULT_EVENT_PREFIX};
