@@ -16,6 +16,7 @@ mod runtime;
 mod scripts;
 mod semaphore;
 mod stats;
+mod sync;
 mod trace;
 
 pub use error::{Error, Invalid, Result};

@@ -7,12 +7,12 @@
 //! it was taken) goes back to the pool. This is how no permit is ever lost to an
 //! unanswered request.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::Instant;
 
 use futures::channel::oneshot;
 use futures::future::{FutureExt, Shared};
+
+use crate::sync::{AtomicBool, AtomicU64, Mutex, Ordering};
 
 pub(crate) type LostSignal = Shared<oneshot::Receiver<()>>;
 
@@ -39,6 +39,10 @@ pub(crate) struct Generation {
     expires_by: Mutex<Instant>,
     lost_tx: Mutex<Option<oneshot::Sender<()>>>,
     lost_rx: LostSignal,
+    /// Loom seed check only: reserve with a separate check and add (see
+    /// `loom_tests::seed_check_split_reserve_is_caught`).
+    #[cfg(all(test, redis_sync_loom))]
+    pub(crate) mutant_split_reserve: bool,
 }
 
 impl Generation {
@@ -52,6 +56,8 @@ impl Generation {
             expires_by: Mutex::new(expires_by),
             lost_tx: Mutex::new(Some(tx)),
             lost_rx: rx.shared(),
+            #[cfg(all(test, redis_sync_loom))]
+            mutant_split_reserve: false,
         }
     }
 
@@ -111,6 +117,15 @@ impl Generation {
         if self.is_lost() {
             return false;
         }
+        #[cfg(all(test, redis_sync_loom))]
+        if self.mutant_split_reserve {
+            // The bug this guards against: check, then count, in two steps.
+            if self.word.load(Ordering::SeqCst) & (DIRTY | RETIRED) != 0 {
+                return false;
+            }
+            self.word.fetch_add(INFLIGHT_ONE, Ordering::SeqCst);
+            return true;
+        }
         self.word
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
                 (w & (DIRTY | RETIRED) == 0).then_some(w + INFLIGHT_ONE)
@@ -141,6 +156,18 @@ impl Generation {
 
     pub(crate) fn is_retired(&self) -> bool {
         self.word.load(Ordering::SeqCst) & RETIRED != 0
+    }
+
+    /// The word decoded, for the loom tests: (outstanding, in flight, dirty, retired).
+    #[cfg(all(test, redis_sync_loom))]
+    pub(crate) fn decode(&self) -> (u64, u64, bool, bool) {
+        let w = self.word.load(Ordering::SeqCst);
+        (
+            w & (INFLIGHT_ONE - 1),
+            (w & (DIRTY - 1)) >> 31,
+            w & DIRTY != 0,
+            w & RETIRED != 0,
+        )
     }
 
     /// A renewal sent earlier succeeded: the lease lasts at least until `expires_by`.

@@ -9,6 +9,8 @@ mod detached;
 mod generation;
 mod held;
 mod lease;
+#[cfg(all(test, redis_sync_loom))]
+mod loom_tests;
 mod queue;
 mod waiters;
 

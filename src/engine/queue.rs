@@ -90,6 +90,26 @@ impl<T> WaiterQueue<T> {
     }
 }
 
+/// Sends `value` to the longest waiter still listening: `pop` takes the next waiter from
+/// the queue (under the state lock, released before it returns) and the send happens
+/// outside the lock, since a value that cannot be delivered may be dropped by the channel
+/// and dropping a token takes that lock. A waiter whose receiver is closed hands the value
+/// back and the next one is tried. Returns the value when no waiter is left.
+pub(crate) fn send_to_longest<T>(
+    mut pop: impl FnMut() -> Option<oneshot::Sender<T>>,
+    mut value: T,
+) -> Result<(), T> {
+    loop {
+        let Some(waiter) = pop() else {
+            return Err(value);
+        };
+        match waiter.send(value) {
+            Ok(()) => return Ok(()),
+            Err(back) => value = back,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -483,25 +483,19 @@ impl<R: Runtime> Engine<R> {
     }
 
     /// Passes `held` to the longest live local waiter; returns it when there is none.
-    fn hand_to_waiter(&self, mut held: Held<R>) -> Option<Held<R>> {
+    fn hand_to_waiter(&self, held: Held<R>) -> Option<Held<R>> {
         if held.gen.is_lost() || held.gen.is_retired() || self.is_closed() {
             return Some(held);
         }
-        loop {
-            // Never send under the state lock: a value that cannot be delivered may be
-            // dropped by the channel, and dropping a token takes that lock.
-            let Some(waiter) = self.state().waiters.pop() else {
-                return Some(held);
-            };
-            match waiter.send(Ok(held)) {
-                Ok(()) => {
-                    self.trim_pumps();
-                    return None;
-                }
-                Err(Ok(back)) => held = back,
-                // We sent `Ok`, so the value handed back is `Ok` too.
-                Err(Err(_)) => return None,
+        // Never sends under the state lock (see `send_to_longest`).
+        match super::queue::send_to_longest(|| self.state().waiters.pop(), Ok(held)) {
+            Ok(()) => {
+                self.trim_pumps();
+                None
             }
+            Err(Ok(back)) => Some(back),
+            // We sent `Ok`, so the value handed back is `Ok` too.
+            Err(Err(_)) => None,
         }
     }
 
