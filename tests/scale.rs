@@ -320,7 +320,18 @@ fn inspect_5000_holders_in_pages() {
         assert_eq!(zrange, 6);
         assert_eq!(llen as usize, FLEET + 2);
         assert!(slowlog(&mut conn).await.is_empty());
-        sem.close();
+
+        // Shutdown looks up this handle's own lease ids, never the fleet's 5,000.
+        reset_stats(&mut conn).await;
+        sem.shutdown().await.unwrap();
+        let stats = commandstats(&mut conn).await;
+        assert_eq!(stats.get("zrange").map_or(0, |s| s.0), 0, "{stats:?}");
+        let left: usize = redis::cmd("ZCARD")
+            .arg(key("leases"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(left, FLEET);
     });
 }
 

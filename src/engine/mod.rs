@@ -450,7 +450,8 @@ impl<R: Runtime> Engine<R> {
         let ((), _) = futures::join!(self.flush_outbox(), futures::future::join_all(give_backs));
         self.pumps_stopped().await;
         let gens: Vec<Arc<Generation>> = self.state().gens.clone();
-        let out = lease::give_up_all(self, &self.holder_base).await;
+        let started = self.next_gen.load(Ordering::Relaxed);
+        let out = lease::give_up_all(self, &self.holder_base, started).await;
         for gen in gens {
             self.lose(&gen);
         }
