@@ -332,6 +332,13 @@ fn inspect_5000_holders_in_pages() {
             .await
             .unwrap();
         assert_eq!(left, FLEET);
+
+        // Another handle joins: its creation does not read the 5,000 holders either.
+        reset_stats(&mut conn).await;
+        let joined = create(&client, Duration::from_secs(300)).await;
+        let stats = commandstats(&mut conn).await;
+        assert_eq!(stats.get("zrange").map_or(0, |s| s.0), 0, "{stats:?}");
+        joined.shutdown().await.unwrap();
     });
 }
 
