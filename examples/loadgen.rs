@@ -4,6 +4,7 @@
 //! cargo run --release --example loadgen -- --tasks 64 --count 8 --secs 10
 //! cargo run --release --example loadgen -- --mode handoff --rounds 2000
 //! cargo run --release --example loadgen -- --mode waiters --tasks 10000
+//! cargo run --release --example loadgen -- --mode longlived --cycles 1000000
 //! ```
 //!
 //! Modes:
@@ -22,12 +23,22 @@
 //!   `--race-every`-th (default 10) while the permit goes down the queue. Checks FIFO
 //!   order, that every other task is served and that no permit is lost; reports the
 //!   connections (counted on the server) and the peak RSS.
+//! - `longlived`: `--tasks` tasks (default 64) on one handle of `--count` permits (default
+//!   8) run `--cycles` acquire+release cycles (default 1,000,000) in all; every
+//!   `--kill-every` cycles (default 50,000; 0: never) another connection `CLIENT KILL`s
+//!   the handle's connections, so that it reconnects and its generations change. Reports
+//!   the process's RSS and the semaphore's keys (`SCAN MATCH *{name}*`, lease set, graves)
+//!   at the start, after the first `--kill-every` cycles and at the end; the last line is
+//!   `longlived: ok|FAILED cycles=... rss_start_kb=... rss_end_kb=... keys_start=...
+//!   keys_end=...`.
 //!
 //! `--runtime smol` runs on smol (build with `--features smol`); `--threads N` sets tokio's
 //! worker threads (0: the current-thread runtime); the scenario runs as a task of the
 //! runtime unless `--on-main 1`. Uses `REDIS_URL`, or starts its own redis-server from
 //! PATH.
 
+#[path = "support/longlived.rs"]
+mod longlived;
 #[path = "support/scenarios.rs"]
 #[allow(dead_code)]
 mod scenarios;
@@ -44,8 +55,9 @@ use std::time::Duration;
 use redis_sync::Runtime;
 use scenarios::{micros, quantile, BoxError, ConnCount, Monitor, Release, Res, Stop};
 
-const USAGE: &str = "usage: loadgen [--mode cycle|handoff|waiters] [--tasks N] [--count N] \
-[--secs S] [--handles N] [--rounds N] [--cancel-every N] [--race-every N] \
+const USAGE: &str = "usage: loadgen [--mode cycle|handoff|waiters|longlived] [--tasks N] \
+[--count N] [--secs S] [--handles N] [--rounds N] [--cancel-every N] [--race-every N] \
+[--cycles N] [--kill-every N] \
 [--release await|drop] [--runtime tokio|smol] [--threads N] [--on-main 0|1] [--name NAME]";
 
 #[derive(Clone, Debug)]
@@ -58,6 +70,8 @@ struct Args {
     rounds: usize,
     cancel_every: usize,
     race_every: usize,
+    cycles: u64,
+    kill_every: u64,
     runtime: String,
     threads: Option<usize>,
     on_main: bool,
@@ -76,6 +90,8 @@ impl Args {
             rounds: 2000,
             cancel_every: 3,
             race_every: 10,
+            cycles: 1_000_000,
+            kill_every: 50_000,
             runtime: "tokio".into(),
             threads: None,
             on_main: false,
@@ -100,6 +116,8 @@ impl Args {
                 "--rounds" => a.rounds = value.parse().map_err(|e| bad(&e))?,
                 "--cancel-every" => a.cancel_every = value.parse().map_err(|e| bad(&e))?,
                 "--race-every" => a.race_every = value.parse().map_err(|e| bad(&e))?,
+                "--cycles" => a.cycles = value.parse().map_err(|e| bad(&e))?,
+                "--kill-every" => a.kill_every = value.parse().map_err(|e| bad(&e))?,
                 "--runtime" => a.runtime = value,
                 "--threads" => a.threads = Some(value.parse().map_err(|e| bad(&e))?),
                 "--on-main" => a.on_main = value == "1",
@@ -165,6 +183,7 @@ async fn run<R: Runtime>(args: &Args, client: &redis::Client) -> Res<()> {
         "cycle" => cycle(&rt, args, client).await,
         "handoff" => handoff(&rt, args, client).await,
         "waiters" => waiters(&rt, args, client).await,
+        "longlived" => long_lived(&rt, args, client).await,
         other => Err(format!("unknown mode {other}\n{USAGE}").into()),
     }
 }
@@ -335,5 +354,68 @@ async fn waiters<R: Runtime>(rt: &R, args: &Args, client: &redis::Client) -> Res
         Ok(())
     } else {
         Err("waiters: a check failed (see above)".into())
+    }
+}
+
+async fn long_lived<R: Runtime>(rt: &R, args: &Args, client: &redis::Client) -> Res<()> {
+    let (tasks, count) = (args.tasks.unwrap_or(64), args.count.unwrap_or(8));
+    println!(
+        "loadgen: mode=longlived runtime={} tasks={tasks} count={count} cycles={} kill_every={}",
+        args.runtime, args.cycles, args.kill_every
+    );
+    let prefix = redis_sync::DEFAULT_SEMAPHORE_PREFIX;
+    let r = longlived::longlived(
+        rt,
+        client,
+        prefix,
+        &args.name,
+        args.cycles,
+        tasks,
+        count,
+        args.kill_every,
+    )
+    .await?;
+    for e in &r.first_errors {
+        println!("loadgen: error (during a kill): {e}");
+    }
+    let samples = [
+        ("start", &r.start),
+        ("warm", &r.warm),
+        ("end", &r.end),
+        ("after_shutdown", &r.after_shutdown),
+    ];
+    for (when, s) in samples {
+        println!(
+            "loadgen: {when}: rss_kb={} vm_hwm_kb={} keys={} leases={} graves={}",
+            s.rss_kb, s.hwm_kb, s.keys, s.leases, s.graves
+        );
+    }
+    println!(
+        "loadgen: elapsed_s={:.1} cycles_per_sec={:.0} kills={} killed_connections={} errors={} generations={} settle_ms={}",
+        r.elapsed.as_secs_f64(),
+        r.cycles as f64 / r.elapsed.as_secs_f64(),
+        r.kills,
+        r.killed_connections,
+        r.errors,
+        r.generations,
+        r.settle.as_millis(),
+    );
+    println!(
+        "longlived: {} cycles={} rss_start_kb={} rss_end_kb={} keys_start={} keys_end={} \
+         generations={} leases_end={} graves_end={}",
+        if r.ok() { "ok" } else { "FAILED" },
+        r.cycles,
+        r.start.rss_kb,
+        r.end.rss_kb,
+        r.start.keys,
+        r.end.keys,
+        r.generations,
+        r.end.leases,
+        r.end.graves,
+    );
+    if r.ok() {
+        Ok(())
+    } else {
+        Err("longlived: not bounded (see above)".into())
     }
 }

@@ -65,18 +65,36 @@ async fn init_lua<R: Runtime>(engine: &Arc<Engine<R>>, count: u32) -> Result<Opt
     let Some(meta) = keys.meta.as_ref() else {
         return Ok(Some(count));
     };
+    // First without the holders: when the metadata exists (nearly always) or nobody holds
+    // anything, that is the whole answer, at a constant cost however many holders there
+    // are. Only a pool to re-create under live holders needs their list (-1).
+    if let Some(done) = init_lua_with(engine, meta, count, &[]).await? {
+        return Ok(Some(done));
+    }
     let mut conn = engine.conn.clone();
     let holders: Vec<String> = conn.zrange(&keys.leases, 0, -1).await?;
+    init_lua_with(engine, meta, count, &holders).await
+}
+
+/// One `INIT` call listing `holders`; `None` when they are not the lease set's members.
+async fn init_lua_with<R: Runtime>(
+    engine: &Arc<Engine<R>>,
+    meta: &str,
+    count: u32,
+    holders: &[String],
+) -> Result<Option<u32>> {
+    let keys = &engine.cfg.keys;
+    let mut conn = engine.conn.clone();
     let mut inv = INIT.prepare_invoke();
     inv.key(meta).key(&keys.pool).key(&keys.leases);
-    for h in &holders {
+    for h in holders {
         inv.key(keys.held(h));
     }
     inv.arg(count)
         .arg(PERMIT_TOKEN)
         .arg(engine.ttl_ms())
         .arg(u8::from(strict(engine)));
-    for h in &holders {
+    for h in holders {
         inv.arg(h);
     }
     let actual: i64 = inv.invoke_async(&mut conn).await?;

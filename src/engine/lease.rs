@@ -24,6 +24,8 @@ const BATCH: usize = 64;
 /// At most this many batches per renewal (64 × 64 = 4,096 holders); the rest wait for the
 /// next renewal.
 const MAX_BATCHES: usize = 64;
+/// Holders read per request when a handle gives up all its leases.
+const PAGE: usize = 1_000;
 /// Retry delay of a failed renewal.
 const RETRY: Duration = Duration::from_millis(250);
 
@@ -226,15 +228,42 @@ fn note_reclaimed<R: Runtime>(engine: &Engine<R>, moved: i64) {
 
 /// Gives up every lease whose holder id starts with `holder_base` (every generation of one
 /// handle, including those whose retirement is still in flight), with whatever their lists
-/// hold, in bounded batches.
-pub(super) async fn give_up_all<R: Runtime>(engine: &Engine<R>, holder_base: &str) -> Result<()> {
+/// hold, in bounded batches. `gens` generations were ever started (ids `base-0` to
+/// `base-{gens - 1}`): their scores are looked up by id, so the cost follows this handle's
+/// history, not the number of holders of the whole fleet, unless that is smaller (then the
+/// lease set is read whole, as it is smaller than this handle's history).
+pub(super) async fn give_up_all<R: Runtime>(
+    engine: &Engine<R>,
+    holder_base: &str,
+    gens: u64,
+) -> Result<()> {
     let mut conn = engine.conn.clone();
-    let holders: Vec<String> = conn.zrange(&engine.cfg.keys.leases, 0, -1).await?;
-    let prefix = format!("{holder_base}-");
-    let mine: Vec<String> = holders
-        .into_iter()
-        .filter(|h| h.starts_with(&prefix))
-        .collect();
+    let leases = &engine.cfg.keys.leases;
+    let total: u64 = conn.zcard(leases).await?;
+    let mut mine = Vec::new();
+    if gens <= total {
+        let ids: Vec<String> = (0..gens).map(|n| format!("{holder_base}-{n}")).collect();
+        for page in ids.chunks(PAGE) {
+            // ZSCOREs in a pipeline (not ZMSCORE: the README's minimal ACL lacks it).
+            let mut pipe = redis::pipe();
+            for id in page {
+                pipe.zscore(leases, id);
+            }
+            let scores: Vec<Option<f64>> = pipe.query_async(&mut conn).await?;
+            mine.extend(
+                page.iter()
+                    .zip(scores)
+                    .filter(|(_, s)| s.is_some())
+                    .map(|(id, _)| id.clone()),
+            );
+        }
+    } else {
+        // Fewer holders than this handle ever had generations: one read of them all (in one
+        // command, so that no member is skipped while others come and go).
+        let prefix = format!("{holder_base}-");
+        let all: Vec<String> = conn.zrange(leases, 0, -1).await?;
+        mine.extend(all.into_iter().filter(|h| h.starts_with(&prefix)));
+    }
     for chunk in mine.chunks(BATCH) {
         reclaim_call(engine, chunk.to_vec(), chunk.len()).await?;
     }

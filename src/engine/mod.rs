@@ -284,13 +284,20 @@ impl<R: Runtime> Engine<R> {
         let mut conn = self.conn.clone();
         // The lease is counted from before the request is sent: the server starts it later.
         let sent = Instant::now();
-        let _: i64 = crate::scripts::REGISTER
+        let registered: redis::RedisResult<i64> = crate::scripts::REGISTER
             .key(&self.cfg.keys.leases)
             .arg(&id)
             .arg(self.ttl_ms())
             .arg(self.key_ttl_ms())
             .invoke_async(&mut conn)
-            .await?;
+            .await;
+        if let Err(e) = registered {
+            // The script may have run and only its reply been lost (connection killed):
+            // such a lease would stay, renewed by nobody, until it expires. Nothing was
+            // granted under `id`: give it up, late arrivals included.
+            self.give_up_in_background(id, 1);
+            return Err(e.into());
+        }
         let gen = Arc::new(Generation::new(id, held_key, self.loss_deadline(sent)));
         if n > 0 {
             trace_event!(
@@ -371,15 +378,22 @@ impl<R: Runtime> Engine<R> {
         if gen.is_lost() {
             return;
         }
+        self.give_up_in_background(gen.id.clone(), 0);
+    }
+
+    /// Gives up the lease of holder `id` (and whatever its list holds) in the background,
+    /// retried while the connection recovers, then sweeps its list once more; `sweep_force`
+    /// 1 also removes a lease that a late request re-created meanwhile.
+    fn give_up_in_background(&self, id: String, sweep_force: usize) {
         let engine_rt = self.rt.clone();
-        let ids = vec![gen.id.clone()];
+        let ids = vec![id];
         let calls: Vec<_> = (0..RETIRE_ATTEMPTS)
             .map(|_| lease::reclaim_call(self, ids.clone(), 1))
             .collect();
         // A request of unknown outcome may still be on its way to the server on its
         // (dropped) connection and land in the list after the reclaim: the list, now a
         // grave, is swept once more when that can no longer happen.
-        let sweep = lease::reclaim_call(self, ids, 0);
+        let sweep = lease::reclaim_call(self, ids, sweep_force);
         let late = self.cfg.response_timeout.min(Duration::from_secs(1));
         let weak = self.me.clone();
         self.rt.spawn(async move {
@@ -481,7 +495,8 @@ impl<R: Runtime> Engine<R> {
         let ((), _) = futures::join!(self.flush_outbox(), futures::future::join_all(give_backs));
         self.pumps_stopped().await;
         let gens: Vec<Arc<Generation>> = self.state().gens.clone();
-        let out = lease::give_up_all(self, &self.holder_base).await;
+        let started = self.next_gen.load(Ordering::Relaxed);
+        let out = lease::give_up_all(self, &self.holder_base, started).await;
         for gen in gens {
             self.lose(&gen);
         }
