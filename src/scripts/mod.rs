@@ -238,3 +238,6 @@ return count
 "#,
     )
 });
+
+#[cfg(test)]
+mod model;
