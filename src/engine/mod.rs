@@ -298,7 +298,13 @@ impl<R: Runtime> Engine<R> {
             self.give_up_in_background(id, 1);
             return Err(e.into());
         }
-        let gen = Arc::new(Generation::new(id, held_key, self.loss_deadline(sent)));
+        let deadline = self.loss_deadline(sent);
+        if Instant::now() >= deadline {
+            // The reply came after the lease it started may have run out: never use it.
+            self.give_up_in_background(id, 1);
+            return Err(Error::LeaseLost);
+        }
+        let gen = Arc::new(Generation::new(id, held_key, deadline));
         if n > 0 {
             trace_event!(
                 warn,

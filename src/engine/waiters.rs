@@ -149,6 +149,12 @@ impl<R: Runtime> Engine<R> {
     async fn reserve_gen(self: &Arc<Self>) -> Result<Arc<Generation>> {
         loop {
             let gen = self.current_gen().await?;
+            // A lease whose loss deadline passed (its renewal or its REGISTER reply came
+            // too late) is never used: it may already be reclaimed, its list no longer
+            // swept. Found by the model check (`src/scripts/model.rs`).
+            if self.lose_if_expired(&gen) {
+                continue;
+            }
             if gen.try_reserve() {
                 return Ok(gen);
             }
