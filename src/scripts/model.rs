@@ -1190,7 +1190,22 @@ fn finds_deadline_from_reply() {
 #[test]
 #[cfg_attr(debug_assertions, ignore = "run with --release")]
 fn finds_take_without_lease_check() {
-    seeded(Bug::TakeWithoutLeaseCheck);
+    // Within these bounds the loss-deadline check before reserving (added after the model
+    // found the late-REGISTER leak) also stops this one: the bug is shown on the model
+    // without that check, as the library was when the TAKE lease check was written.
+    let model = Protocol {
+        bug: Bug::TakeWithoutLeaseCheck,
+        expired_gen_check: false,
+        ..correct()
+    };
+    let found = check(model, true);
+    for (name, trace) in &found {
+        println!("TakeWithoutLeaseCheck: counterexample to {name:?}:\n{trace}");
+    }
+    assert!(
+        !found.is_empty(),
+        "TakeWithoutLeaseCheck: the checker found no counterexample"
+    );
 }
 
 #[test]
