@@ -27,7 +27,8 @@ pub struct Stats {
     pub grants: u64,
     /// Waits of this handle that ended with [`Error::Timeout`](crate::Error::Timeout).
     pub timeouts: u64,
-    /// Leases of this handle found lost (each may have held several permits).
+    /// Leases of this handle found lost while permits were out under them (each may have
+    /// held several permits).
     pub lost_leases: u64,
     /// Permits of expired holders (other handles, crashed processes) this handle gave back
     /// to the pool by its reclaims.

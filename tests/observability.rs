@@ -10,24 +10,11 @@ use std::time::Duration;
 
 use common::relay::Relay;
 use redis_sync::{Error, Runtime, Semaphore};
-use scenarios::{eventually, raw_conn, spawn, wait_all_free};
+use scenarios::{eventually, expire_lease, spawn, wait_all_free};
 
 runtime_tests! {
     stats_count_what_happened => stats_count_what_happened();
     background_errors_are_counted => background_errors_are_counted();
-}
-
-/// Ends `holder`'s lease now, behind the library's back.
-async fn expire(client: &redis::Client, name: &str, holder: &str) {
-    let mut raw = raw_conn(client).await;
-    let _: () = redis::cmd("ZADD")
-        .arg(format!("redsync:semaphore:{{{name}}}:leases"))
-        .arg("XX")
-        .arg(1)
-        .arg(holder)
-        .query_async(&mut raw)
-        .await
-        .unwrap();
 }
 
 async fn stats_count_what_happened<R: Runtime>() {
@@ -77,7 +64,7 @@ async fn stats_count_what_happened<R: Runtime>() {
 
     // The handle's lease ends behind its back: it counts one lost lease (its renewal gives
     // its 2 permits back on the spot).
-    expire(&client, &name, b.holder()).await;
+    expire_lease(&client, &name, b.holder()).await;
     eventually::<R, _, _, _>("the lease loss is counted", || {
         let s = sem.stats();
         async move {
@@ -98,7 +85,7 @@ async fn stats_count_what_happened<R: Runtime>() {
         .unwrap();
     let stranded = crashed.acquire().await.unwrap();
     crashed.close();
-    expire(&client, &name, stranded.holder()).await;
+    expire_lease(&client, &name, stranded.holder()).await;
     assert_eq!(other.reclaim_expired().await.unwrap(), 1);
     assert_eq!(other.stats().reclaimed, 1);
     drop(stranded);
@@ -106,6 +93,11 @@ async fn stats_count_what_happened<R: Runtime>() {
     assert_eq!(wait_all_free(&other).await.free, 2);
     assert_eq!(sem.stats().background_errors, 0);
     sem.shutdown().await.unwrap();
+    assert_eq!(
+        sem.stats().lost_leases,
+        1,
+        "a shutdown with nothing out gives its leases up without counting a loss"
+    );
     other.shutdown().await.unwrap();
 }
 
@@ -180,7 +172,7 @@ fn a_lease_loss_is_traced() {
                 .unwrap();
             let permit = sem.acquire().await.unwrap();
             let holder = permit.holder().to_owned();
-            expire(&client, &name, &holder).await;
+            expire_lease(&client, &name, &holder).await;
             permit.lost().await;
             assert!(matches!(permit.release().await, Err(Error::LeaseLost)));
             sem.shutdown().await.unwrap();

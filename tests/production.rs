@@ -48,15 +48,7 @@ async fn reclaim_expired_on_demand<R: Runtime>() {
         "nothing has expired"
     );
     // The crashed holder's lease ends now, behind the library's back.
-    let mut raw = raw_conn(&client).await;
-    let _: () = redis::cmd("ZADD")
-        .arg(format!("redsync:semaphore:{{{name}}}:leases"))
-        .arg("XX")
-        .arg(1)
-        .arg(gone.holder())
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    scenarios::expire_lease(&client, &name, gone.holder()).await;
     assert_eq!(sem.reclaim_expired().await.unwrap(), 2);
     assert_eq!(sem.available_permits().await.unwrap(), 2);
     assert!(!valid.is_lost());

@@ -342,7 +342,19 @@ impl<R: Runtime> Engine<R> {
 
     /// The lease of `gen` is gone: its permits are reclaimed (or about to be) by the server.
     pub(crate) fn lose(&self, gen: &Arc<Generation>) {
-        if gen.mark_lost() {
+        if !gen.mark_lost() {
+            return;
+        }
+        {
+            let mut st = self.state();
+            st.gens.retain(|g| !Arc::ptr_eq(g, gen));
+            if st.current.as_ref().is_some_and(|c| Arc::ptr_eq(c, gen)) {
+                st.current = None;
+            }
+        }
+        // A lease lost with nothing out (a generation given up at shutdown, an idle one
+        // after a pause) costs nobody anything: neither counted nor traced.
+        if gen.outstanding() > 0 {
             Counters::add(&self.counters.lost_leases, 1);
             trace_event!(
                 warn,
@@ -351,11 +363,6 @@ impl<R: Runtime> Engine<R> {
                 permits = gen.outstanding(),
                 "lease lost: its permits may be granted to others; work under them is no longer protected"
             );
-            let mut st = self.state();
-            st.gens.retain(|g| !Arc::ptr_eq(g, gen));
-            if st.current.as_ref().is_some_and(|c| Arc::ptr_eq(c, gen)) {
-                st.current = None;
-            }
         }
     }
 

@@ -282,3 +282,17 @@ pub async fn wait_all_free<R: Runtime>(sem: &Semaphore<R>) -> SemaphoreState {
     })
     .await
 }
+
+/// Ends `holder`'s lease on semaphore `name` (default prefix) now, behind the library's
+/// back, as if its process had been frozen past it.
+pub async fn expire_lease(client: &redis::Client, name: &str, holder: &str) {
+    let mut raw = raw_conn(client).await;
+    let _: () = redis::cmd("ZADD")
+        .arg(format!("redsync:semaphore:{{{name}}}:leases"))
+        .arg("XX")
+        .arg(1)
+        .arg(holder)
+        .query_async(&mut raw)
+        .await
+        .expect("ZADD on the lease set");
+}
