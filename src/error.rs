@@ -169,6 +169,20 @@ pub enum Invalid {
     /// `max_blocking_connections` is zero.
     #[error("max_blocking_connections must be at least 1")]
     NoBlockingConnections,
+    /// [`KeyLayout::Redsync2`](crate::KeyLayout::Redsync2) in cluster mode: its keys have
+    /// no hash tag, so one primitive's keys would fall in different slots.
+    #[error(
+        "KeyLayout::Redsync2 cannot be used on a Redis Cluster (its keys share no hash tag, \
+         so they fall in different slots); use KeyLayout::HashTagged"
+    )]
+    LayoutNeedsOneNode,
+    /// A setting that belongs to the [`Coordinator`](crate::Coordinator) was set on a
+    /// builder of one of its primitives (the coordinator's applies to all of them).
+    #[error("{0} is a setting of the Coordinator: set it on the CoordinatorBuilder")]
+    CoordinatorSetting(&'static str),
+    /// A cluster was given no seed node, or one that is not a valid address.
+    #[error("invalid cluster seed nodes: {0}")]
+    SeedNodes(String),
 }
 
 /// The result type of this crate.

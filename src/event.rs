@@ -6,7 +6,7 @@ use std::time::Duration;
 use redis::{AsyncCommands, RedisResult};
 
 use crate::engine::{Detachable, Engine, Held, Kind, SIGNAL_TOKEN};
-use crate::options::Options;
+use crate::options::{On, Options};
 use crate::runtime::{self, Runtime};
 use crate::{Error, KeyLayout, Result};
 
@@ -74,9 +74,11 @@ impl<R: Runtime> Event<R> {
     /// ```
     pub fn builder(client: &redis::Client, name: &str) -> EventBuilder<R> {
         EventBuilder {
-            client: client.clone(),
+            on: On::Client {
+                client: client.clone(),
+                rt: None,
+            },
             opts: Options::new(name, DEFAULT_EVENT_PREFIX),
-            rt: None,
         }
     }
 
@@ -330,12 +332,19 @@ fn settle<R: Runtime>(engine: &Engine<R>, gen: &Arc<crate::engine::Generation>, 
 #[derive(Clone, Debug)]
 #[must_use = "a builder does nothing until open()"]
 pub struct EventBuilder<R: Runtime> {
-    client: redis::Client,
+    on: On<R>,
     opts: Options,
-    rt: Option<R>,
 }
 
 impl<R: Runtime> EventBuilder<R> {
+    /// A builder on `ctx` (see [`Coordinator::event`](crate::Coordinator::event)).
+    pub(crate) fn on_context(ctx: Arc<crate::context::Context<R>>, name: &str) -> Self {
+        EventBuilder {
+            on: On::Context(ctx),
+            opts: Options::new(name, DEFAULT_EVENT_PREFIX),
+        }
+    }
+
     /// The key prefix (default `redsync:event`).
     ///
     /// # Examples
@@ -410,6 +419,7 @@ impl<R: Runtime> EventBuilder<R> {
     /// ```
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.opts.response_timeout = timeout;
+        self.opts.response_timeout_set = true;
         self
     }
 
@@ -425,7 +435,7 @@ impl<R: Runtime> EventBuilder<R> {
     /// # Ok(()) }
     /// ```
     pub fn runtime(mut self, rt: R) -> Self {
-        self.rt = Some(rt);
+        self.on.set_runtime(&mut self.opts, rt);
         self
     }
 
@@ -443,6 +453,7 @@ impl<R: Runtime> EventBuilder<R> {
     /// ```
     pub fn allow_eviction_policy(mut self, allow: bool) -> Self {
         self.opts.check_eviction = !allow;
+        self.opts.check_eviction_set = true;
         self
     }
 
@@ -464,8 +475,7 @@ impl<R: Runtime> EventBuilder<R> {
     /// # Ok(()) }
     /// ```
     pub async fn open(self) -> Result<Event<R>> {
-        let engine =
-            Engine::<R>::start(&self.client, self.opts.config(Kind::Event)?, self.rt).await?;
+        let engine = self.on.start(&self.opts, Kind::Event).await?;
         let mut conn = engine.conn.clone();
         let kind: String = match redis::cmd("TYPE")
             .arg(&engine.cfg.keys.pool)

@@ -111,7 +111,8 @@ async fn init_optimistic<R: Runtime>(engine: &Arc<Engine<R>>, count: u32) -> Res
     };
     let ttl = engine.ttl_ms() as i64;
     // WATCH belongs to the connection: never on the shared one.
-    let mut conn = engine.conn.dedicated(Duration::ZERO).await?;
+    // On the server that owns the keys (in a cluster, a connection to that node).
+    let (mut conn, _) = engine.conn.dedicated(meta, Duration::ZERO).await?;
     redis::cmd("WATCH")
         .arg(meta)
         .arg(&keys.pool)

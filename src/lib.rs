@@ -4,6 +4,8 @@
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
 mod connection;
+mod context;
+mod coordinator;
 mod engine;
 mod error;
 mod event;
@@ -19,13 +21,15 @@ mod stats;
 mod sync;
 mod trace;
 
+pub use coordinator::{Coordinator, CoordinatorBuilder, CoordinatorStats};
 pub use error::{Error, Invalid, Result};
 pub use event::{Event, EventBuilder, DEFAULT_EVENT_PREFIX};
 pub use init::InitStrategy;
 pub use inspect::{HolderState, SemaphoreState};
 pub use keys::KeyLayout;
 pub use options::{
-    DEFAULT_LEASE_TTL, DEFAULT_LOCAL_HANDOFF_LIMIT, DEFAULT_MAX_BLOCKING_CONNECTIONS,
+    DEFAULT_COORDINATOR_BLOCKING_CONNECTIONS, DEFAULT_LEASE_TTL, DEFAULT_LOCAL_HANDOFF_LIMIT,
+    DEFAULT_MAX_BLOCKING_CONNECTIONS, DEFAULT_RESPONSE_TIMEOUT,
 };
 pub use permit::{LeaseLostFuture, Permit};
 #[cfg(feature = "async-std")]

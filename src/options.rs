@@ -2,14 +2,86 @@
 
 use std::time::Duration;
 
-use crate::engine::{Config, Kind, MAX_LEASE, MAX_RESPONSE_TIMEOUT, MIN_LEASE};
+use std::sync::Arc;
+
+use crate::context::{Context, Settings, Target};
+use crate::engine::{Config, Engine, Kind, MAX_LEASE, MAX_RESPONSE_TIMEOUT, MIN_LEASE};
 use crate::keys::{KeyLayout, Keys};
+use crate::runtime::Runtime;
 use crate::{Error, InitStrategy, Invalid, Result};
+
+/// What a primitive's builder starts it on: a context of its own, made from a client, or
+/// a [`Coordinator`](crate::Coordinator)'s.
+#[derive(Clone, Debug)]
+pub(crate) enum On<R: Runtime> {
+    Client { client: redis::Client, rt: Option<R> },
+    Context(Arc<Context<R>>),
+}
+
+impl<R: Runtime> On<R> {
+    /// Sets the runtime of a private context; on a coordinator's, records the misuse.
+    pub(crate) fn set_runtime(&mut self, opts: &mut Options, runtime: R) {
+        match self {
+            On::Client { rt, .. } => *rt = Some(runtime),
+            On::Context(_) => opts.misuse = Some(Invalid::CoordinatorSetting("runtime")),
+        }
+    }
+
+    /// Starts an engine of `kind` with `opts`, on its context.
+    pub(crate) async fn start(self, opts: &Options, kind: Kind) -> Result<Arc<Engine<R>>> {
+        let mut cfg = opts.config(kind)?;
+        let ctx = match self {
+            On::Client { client, rt } => {
+                let settings = Settings {
+                    response_timeout: opts.response_timeout,
+                    max_blocking: opts.max_blocking,
+                    check_eviction: opts.check_eviction,
+                };
+                Context::connect(Target::Client(client), settings, rt).await?
+            }
+            On::Context(ctx) => {
+                if opts.response_timeout_set {
+                    return Err(Error::InvalidArgument(Invalid::CoordinatorSetting(
+                        "response_timeout",
+                    )));
+                }
+                cfg.response_timeout = ctx.settings.response_timeout;
+                if !opts.check_eviction_set {
+                    cfg.check_eviction = ctx.settings.check_eviction;
+                }
+                ctx
+            }
+        };
+        Engine::start(ctx, cfg).await
+    }
+
+    /// Reads a semaphore's state without joining it (no lease, no watchdog).
+    pub(crate) async fn inspect(&self, opts: &Options) -> Result<crate::SemaphoreState> {
+        let cfg = opts.config(Kind::Semaphore)?;
+        match self {
+            On::Client { client, .. } => {
+                let client = crate::connection::with_tcp_settings(client)?;
+                let mut conn = crate::connection::SharedConn::connect(
+                    crate::connection::Source::Fixed(client),
+                    opts.response_timeout,
+                )
+                .await?;
+                crate::inspect::inspect(&mut conn, &cfg.keys).await
+            }
+            On::Context(ctx) => crate::inspect::inspect(&mut ctx.conn.clone(), &cfg.keys).await,
+        }
+    }
+}
 
 /// The default lease: 300 s, as in redsync 2.0.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(300);
 /// The default number of dedicated blocking connections per handle.
 pub const DEFAULT_MAX_BLOCKING_CONNECTIONS: usize = 4;
+/// The default cap on dedicated blocking connections of a
+/// [`Coordinator`](crate::Coordinator), shared by all its primitives.
+pub const DEFAULT_COORDINATOR_BLOCKING_CONNECTIONS: usize = 32;
+/// The default deadline of every Redis request.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The default number of times a released permit may go straight to a local waiter before
 /// it must go back through Redis.
 pub const DEFAULT_LOCAL_HANDOFF_LIMIT: u32 = 16;
@@ -24,7 +96,13 @@ pub(crate) struct Options {
     pub max_blocking: usize,
     pub handoff_limit: u32,
     pub response_timeout: Duration,
+    /// `response_timeout` was set on the builder (an error on a coordinator's).
+    pub response_timeout_set: bool,
     pub check_eviction: bool,
+    /// `check_eviction` was set on the builder (else a coordinator's default applies).
+    pub check_eviction_set: bool,
+    /// A setting that does not apply where it was set, reported when the builder runs.
+    pub misuse: Option<Invalid>,
 }
 
 impl Options {
@@ -37,13 +115,19 @@ impl Options {
             init: InitStrategy::default(),
             max_blocking: DEFAULT_MAX_BLOCKING_CONNECTIONS,
             handoff_limit: DEFAULT_LOCAL_HANDOFF_LIMIT,
-            response_timeout: Duration::from_secs(5),
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            response_timeout_set: false,
             check_eviction: true,
+            check_eviction_set: false,
+            misuse: None,
         }
     }
 
     pub(crate) fn config(&self, kind: Kind) -> Result<Config> {
         let invalid = |why| Err(Error::InvalidArgument(why));
+        if let Some(why) = &self.misuse {
+            return invalid(why.clone());
+        }
         if !(MIN_LEASE..=MAX_LEASE).contains(&self.lease_ttl) {
             return invalid(Invalid::LeaseTtl(self.lease_ttl));
         }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::engine::{Engine, Kind};
-use crate::options::Options;
+use crate::options::{On, Options};
 use crate::runtime::{self, Runtime};
 use crate::{init, Error, InitStrategy, KeyLayout, Permit, Result, SemaphoreState};
 
@@ -115,9 +115,11 @@ impl<R: Runtime> Semaphore<R> {
     /// ```
     pub fn builder(client: &redis::Client, name: &str) -> SemaphoreBuilder<R> {
         SemaphoreBuilder {
-            client: client.clone(),
+            on: On::Client {
+                client: client.clone(),
+                rt: None,
+            },
             opts: Options::new(name, DEFAULT_SEMAPHORE_PREFIX),
-            rt: None,
         }
     }
 
@@ -437,9 +439,8 @@ impl<R: Runtime> Semaphore<R> {
 #[derive(Clone, Debug)]
 #[must_use = "a builder does nothing until create() or attach()"]
 pub struct SemaphoreBuilder<R: Runtime> {
-    client: redis::Client,
+    on: On<R>,
     opts: Options,
-    rt: Option<R>,
 }
 
 impl<R: Runtime> SemaphoreBuilder<R> {
@@ -552,6 +553,7 @@ impl<R: Runtime> SemaphoreBuilder<R> {
     /// ```
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.opts.response_timeout = timeout;
+        self.opts.response_timeout_set = true;
         self
     }
 
@@ -571,7 +573,7 @@ impl<R: Runtime> SemaphoreBuilder<R> {
     /// # Ok(()) }
     /// ```
     pub fn runtime(mut self, rt: R) -> Self {
-        self.rt = Some(rt);
+        self.on.set_runtime(&mut self.opts, rt);
         self
     }
 
@@ -590,6 +592,7 @@ impl<R: Runtime> SemaphoreBuilder<R> {
     /// ```
     pub fn allow_eviction_policy(mut self, allow: bool) -> Self {
         self.opts.check_eviction = !allow;
+        self.opts.check_eviction_set = true;
         self
     }
 
@@ -616,8 +619,7 @@ impl<R: Runtime> SemaphoreBuilder<R> {
         if !crate::error::COUNT_RANGE.contains(&i64::from(count)) {
             return Err(Error::CountOutOfRange(i64::from(count)));
         }
-        let engine =
-            Engine::<R>::start(&self.client, self.opts.config(Kind::Semaphore)?, self.rt).await?;
+        let engine = self.on.start(&self.opts, Kind::Semaphore).await?;
         let actual = match init::ensure_pool(&engine, count).await {
             Ok(actual) => actual,
             Err(e) => {
@@ -656,8 +658,7 @@ impl<R: Runtime> SemaphoreBuilder<R> {
     /// # Ok(()) }
     /// ```
     pub async fn attach(self, timeout: Option<Duration>) -> Result<Semaphore<R>> {
-        let engine =
-            Engine::<R>::start(&self.client, self.opts.config(Kind::Semaphore)?, self.rt).await?;
+        let engine = self.on.start(&self.opts, Kind::Semaphore).await?;
         let count = match init::wait_for_count(&engine, timeout).await {
             Ok(c) => c,
             Err(e) => {
@@ -689,10 +690,15 @@ impl<R: Runtime> SemaphoreBuilder<R> {
     /// # Ok(()) }
     /// ```
     pub async fn inspect(self) -> Result<SemaphoreState> {
-        let cfg = self.opts.config(Kind::Semaphore)?;
-        let client = crate::connection::with_tcp_settings(&self.client)?;
-        let mut conn = crate::connection::SharedConn::connect(client, cfg.response_timeout).await?;
-        crate::inspect::inspect(&mut conn, &cfg.keys).await
+        self.on.inspect(&self.opts).await
+    }
+
+    /// A builder on `ctx` (see [`Coordinator::semaphore`](crate::Coordinator::semaphore)).
+    pub(crate) fn on_context(ctx: Arc<crate::context::Context<R>>, name: &str) -> Self {
+        SemaphoreBuilder {
+            on: On::Context(ctx),
+            opts: Options::new(name, DEFAULT_SEMAPHORE_PREFIX),
+        }
     }
 
     async fn ready(engine: Arc<Engine<R>>, count: u32) -> Result<Semaphore<R>> {

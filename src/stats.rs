@@ -40,6 +40,20 @@ pub struct Stats {
     pub blocking_connections: usize,
 }
 
+impl Stats {
+    /// Adds `other` to this (for a coordinator's totals).
+    pub(crate) fn accumulate(&mut self, other: &Stats) {
+        self.waiting += other.waiting;
+        self.held += other.held;
+        self.grants += other.grants;
+        self.timeouts += other.timeouts;
+        self.lost_leases += other.lost_leases;
+        self.reclaimed += other.reclaimed;
+        self.background_errors += other.background_errors;
+        self.blocking_connections += other.blocking_connections;
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub grants: AtomicU64,

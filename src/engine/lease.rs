@@ -1,14 +1,12 @@
-//! Leases: the watchdog that renews this handle's leases, keeps the keys alive and tells
-//! holders the instant a lease may have run out; and the reclaim that gives back the tokens
-//! of holders whose lease expired.
+//! Leases: the renewal of a handle's leases (run by its context's watchdog), which keeps
+//! the keys alive; and the reclaim that gives back the tokens of holders whose lease
+//! expired.
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
-use futures::channel::oneshot;
-use futures::future::{select, Either};
 use redis::{AsyncCommands, RedisResult};
 
 use super::{Engine, Generation, Kind, GRAVE};
@@ -26,86 +24,6 @@ const BATCH: usize = 64;
 const MAX_BATCHES: usize = 64;
 /// Holders read per request when a handle gives up all its leases.
 const PAGE: usize = 1_000;
-/// Retry delay of a failed renewal.
-const RETRY: Duration = Duration::from_millis(250);
-
-/// Renews every `lease / 3` (±20% jitter so that many clients do not renew in step), and
-/// retries sooner after an error. Between renewals, and while a renewal is in flight, it
-/// wakes at each lease's loss deadline and marks the holder lost: a holder is told on time
-/// whatever the network does. After `close` it only keeps those timers, until every permit
-/// is given back or lost.
-pub(super) fn spawn_watchdog<R: Runtime>(engine: &Arc<Engine<R>>, stop: oneshot::Receiver<()>) {
-    let weak: Weak<Engine<R>> = Arc::downgrade(engine);
-    let rt = engine.rt.clone();
-    let period = engine.cfg.lease / 3;
-    engine.rt.spawn(async move {
-        let mut stop = stop;
-        let mut failing = false;
-        // Renewals are spaced from when the previous one was sent, not from its reply: on
-        // a slow link the reply then still comes before the lease could run out.
-        let mut last_sent = Instant::now();
-        loop {
-            let wait = if failing {
-                period.min(RETRY)
-            } else {
-                period.mul_f64(0.8 + 0.4 * fastrand::f64())
-            };
-            let renew_at = last_sent + wait;
-            // Sleep until the renewal is due, waking at every loss deadline on the way.
-            loop {
-                let now = Instant::now();
-                let (closed, next_loss) = {
-                    let Some(engine) = weak.upgrade() else { return };
-                    (engine.is_closed(), engine.lose_expired(now))
-                };
-                let until = match (closed, next_loss) {
-                    (true, None) => return,
-                    (true, Some(loss)) => loss,
-                    (false, _) if now >= renew_at => break,
-                    (false, loss) => loss.map_or(renew_at, |l| l.min(renew_at)),
-                };
-                let sleep = Box::pin(rt.sleep(until.saturating_duration_since(now)));
-                if let Either::Left(_) = select(&mut stop, sleep).await {
-                    return;
-                }
-            }
-            let Some(engine) = weak.upgrade() else { return };
-            last_sent = Instant::now();
-            failing = match renew_keeping_time(&engine, &mut stop).await {
-                Ok(()) => false,
-                Err(e) => {
-                    engine.background_error("renewal", &e);
-                    true
-                }
-            };
-        }
-    });
-}
-
-/// One renewal, during which the holders whose lease runs out are told at that instant,
-/// not when the (possibly hung) call returns.
-async fn renew_keeping_time<R: Runtime>(
-    engine: &Arc<Engine<R>>,
-    stop: &mut oneshot::Receiver<()>,
-) -> Result<()> {
-    let renewal = renew_once(engine);
-    futures::pin_mut!(renewal);
-    loop {
-        let timer = match engine.lose_expired(Instant::now()) {
-            Some(loss) => engine
-                .rt
-                .sleep(loss.saturating_duration_since(Instant::now())),
-            // Nothing to watch: the call ends by its own deadline.
-            None => engine.rt.sleep(engine.cfg.lease),
-        };
-        let timer = Box::pin(timer);
-        match select(renewal.as_mut(), select(timer, &mut *stop)).await {
-            Either::Left((res, _)) => return res,
-            Either::Right((Either::Left(_), _)) => continue,
-            Either::Right((Either::Right(_), _)) => return Ok(()),
-        }
-    }
-}
 
 fn live_gens<R: Runtime>(engine: &Engine<R>) -> Vec<Arc<Generation>> {
     engine

@@ -19,9 +19,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
-use redis::aio::MultiplexedConnection;
 
-use crate::connection::SharedConn;
+use crate::connection::Conn;
+use crate::context::{Context, Lent, RenewalClock};
 use crate::keys::Keys;
 use crate::runtime::Runtime;
 use crate::stats::{Counters, OpenConnection, Stats};
@@ -31,6 +31,7 @@ use crate::{Error, Result};
 pub(crate) use detached::Detachable;
 pub(crate) use generation::{Generation, LostSignal};
 pub(crate) use held::Held;
+pub(crate) use lease::renew_once;
 
 /// The token stored for each permit or signal. redsync 2.0 uses `42` for permits and `1`
 /// for signals; keeping them lets Python and Rust processes share a primitive.
@@ -86,14 +87,12 @@ pub(crate) struct Blocked {
     settled: Settled,
 }
 
-/// A dedicated connection for blocking waits and its `CLIENT ID`, by which another
-/// connection can cut a wait short (`CLIENT UNBLOCK`).
+/// A pooled blocking connection lent to one of this handle's pumps, counted in
+/// [`Stats::blocking_connections`](crate::Stats) while it is.
 #[derive(Debug)]
-pub(crate) struct BlockingConn {
-    pub conn: MultiplexedConnection,
-    pub id: i64,
-    /// Counted in [`Stats::blocking_connections`](crate::Stats) while it lives.
-    _open: OpenConnection,
+pub(crate) struct Borrowed {
+    pub lent: Lent,
+    _counted: OpenConnection,
 }
 
 #[derive(Debug)]
@@ -110,14 +109,10 @@ struct State<R: Runtime> {
     blocked: Vec<Blocked>,
     /// Waits cut short whose outcome (a token given back, or none) has not landed yet.
     settling: Vec<Settled>,
-    /// Dedicated blocking connections not in use, with their Redis client ids.
-    idle: Vec<BlockingConn>,
     /// Permits dropped whose give-back has not been sent yet, by generation.
     outbox: Vec<Arc<Generation>>,
     /// One entry per detached permit (`Permit::forget`), newest last.
     detached: Vec<Arc<Generation>>,
-    /// Stops the watchdog.
-    stop_watchdog: Option<oneshot::Sender<()>>,
     /// Told when the last pump has stopped (see [`Engine::shutdown`]).
     pumps_stopped: Vec<oneshot::Sender<()>>,
 }
@@ -125,8 +120,12 @@ struct State<R: Runtime> {
 /// One handle's view of one primitive in Redis.
 pub(crate) struct Engine<R: Runtime> {
     pub rt: R,
-    /// The shared multiplexed connection: everything but blocking waits.
-    pub conn: SharedConn,
+    /// The context's shared connection: everything but blocking waits.
+    pub conn: Conn,
+    /// What this handle shares with the other primitives of its context.
+    pub(crate) ctx: Arc<Context<R>>,
+    /// When the context's watchdog renews this handle's leases next.
+    renewal: Mutex<RenewalClock>,
     pub cfg: Config,
     /// The permit count once known (0 until then); events leave it 0.
     pub count: AtomicU32,
@@ -162,36 +161,23 @@ impl<R: Runtime> std::fmt::Debug for Engine<R> {
 }
 
 impl<R: Runtime> Engine<R> {
-    /// Connects and starts the lease watchdog.
-    pub(crate) async fn start(
-        client: &redis::Client,
-        cfg: Config,
-        rt: Option<R>,
-    ) -> Result<Arc<Self>> {
-        let rt = match rt {
-            Some(rt) => rt,
-            None => R::try_current()?,
-        };
-        let client = crate::connection::with_tcp_settings(client)?;
-        let conn = SharedConn::connect(client, cfg.response_timeout).await?;
-        // Both in one round trip on the multiplexed connection. Loading the scripts now
-        // spares the first renewal (and acquire) the NOSCRIPT round trips, which on a slow
-        // link could cost a lease.
-        let eviction = async {
-            if cfg.check_eviction {
-                crate::connection::check_eviction_policy(&conn).await
-            } else {
-                Ok(())
-            }
-        };
-        let (scripts, eviction) = futures::join!(crate::scripts::load_all(&conn), eviction);
-        eviction?;
-        scripts?;
-        let (stop_tx, stop_rx) = oneshot::channel();
+    /// Starts a handle on `ctx`, whose watchdog renews its leases from now on.
+    pub(crate) async fn start(ctx: Arc<Context<R>>, cfg: Config) -> Result<Arc<Self>> {
+        if ctx.is_closed() {
+            return Err(Error::Closed);
+        }
+        if ctx.conn.is_cluster() && cfg.keys.layout == crate::KeyLayout::Redsync2 {
+            return Err(Error::InvalidArgument(crate::Invalid::LayoutNeedsOneNode));
+        }
+        if cfg.check_eviction {
+            ctx.check_eviction(&cfg.keys.pool).await?;
+        }
         let engine = Arc::new_cyclic(|me| Engine {
             me: me.clone(),
-            rt,
-            conn,
+            rt: ctx.rt.clone(),
+            conn: ctx.conn.clone(),
+            renewal: Mutex::new(RenewalClock::new(cfg.lease / 3)),
+            ctx: ctx.clone(),
             cfg,
             count: AtomicU32::new(0),
             holder_base: format!("{:016x}", fastrand::u64(..)),
@@ -211,15 +197,18 @@ impl<R: Runtime> Engine<R> {
                 pumps: 0,
                 blocked: Vec::new(),
                 settling: Vec::new(),
-                idle: Vec::new(),
                 detached: Vec::new(),
                 outbox: Vec::new(),
-                stop_watchdog: Some(stop_tx),
                 pumps_stopped: Vec::new(),
             }),
         });
-        lease::spawn_watchdog(&engine, stop_rx);
+        ctx.register(&engine);
         Ok(engine)
+    }
+
+    /// The watchdog's schedule for this handle.
+    pub(crate) fn renewal_clock(&self) -> MutexGuard<'_, RenewalClock> {
+        self.renewal.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn state(&self) -> MutexGuard<'_, State<R>> {
@@ -478,7 +467,6 @@ impl<R: Runtime> Engine<R> {
         let (waiters, gens) = {
             let mut st = self.state();
             st.current = None;
-            st.idle.clear();
             // Dropping the switches cuts every blocked pump's wait short.
             st.blocked.clear();
             (st.waiters.take_all(), st.gens.clone())
@@ -601,19 +589,18 @@ impl<R: Runtime> Engine<R> {
         Some(Held::adopt(self.clone(), gen))
     }
 
-    /// A dedicated connection for blocking waits only; every request on it, a wait of up
-    /// to `block` included, has a deadline.
-    async fn blocking_conn(&self, block: Duration) -> Result<BlockingConn> {
-        if let Some(c) = self.state().idle.pop() {
-            return Ok(c);
-        }
-        let mut conn = self.conn.dedicated(block).await?;
-        let _open = OpenConnection::new(&self.counters.blocking_connections);
-        let id: i64 = redis::cmd("CLIENT")
-            .arg("ID")
-            .query_async(&mut conn)
+    /// A pooled connection for blocking waits only, to the server that owns the pool;
+    /// every request on it, a wait of up to `block` included, has a deadline.
+    async fn blocking_conn(&self, block: Duration) -> Result<Borrowed> {
+        let lent = self
+            .ctx
+            .pool
+            .checkout(&self.conn, &self.cfg.keys.pool, block)
             .await?;
-        Ok(BlockingConn { conn, id, _open })
+        Ok(Borrowed {
+            lent,
+            _counted: OpenConnection::new(&self.counters.blocking_connections),
+        })
     }
 }
 
@@ -629,9 +616,6 @@ impl<R: Runtime> Drop for Engine<R> {
         // Nothing is outstanding any more (permits hold the engine alive): give up the
         // leases now instead of letting them expire.
         let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
-        if let Some(stop) = st.stop_watchdog.take() {
-            let _ = stop.send(());
-        }
         for tx in st.pumps_stopped.drain(..) {
             let _ = tx.send(());
         }

@@ -14,9 +14,8 @@ use futures::channel::oneshot;
 use futures::future::{join_all, select, Either, FutureExt};
 use redis::RedisResult;
 
-use super::{
-    Blocked, BlockingConn, Detachable, Engine, Generation, Held, Kind, Settled, State, MAX_BLOCK,
-};
+use super::{Blocked, Borrowed, Detachable, Engine, Generation, Held, Kind, Settled, State, MAX_BLOCK};
+use crate::connection::not_executed;
 use crate::runtime::Runtime;
 use crate::scripts::{GIVE_BACK, TAKE};
 use crate::trace::trace_event;
@@ -30,6 +29,13 @@ const EMPTY_POOL_MEMORY_MS: u64 = 50;
 const UNBLOCK_TRIES: u32 = 5;
 /// The longest a timed-out acquire waits for cut-short blocking waits to settle.
 const SETTLE_GRACE: Duration = Duration::from_millis(250);
+/// A blocking wait's turn while other primitives of the context queue for a connection
+/// (Redis rounds it up to its timer tick, 100 ms at the default `hz 10`).
+const SLICE: Duration = Duration::from_millis(100);
+/// Pauses before waiting again after a blocking wait that did not run (a redirection, a
+/// failover, a slot migration): doubled from the first up to the last.
+const NOT_RUN_FIRST: Duration = Duration::from_millis(20);
+const NOT_RUN_MAX: Duration = Duration::from_millis(500);
 
 /// How a blocking wait ended.
 enum Outcome {
@@ -262,8 +268,9 @@ impl<R: Runtime> Engine<R> {
 
     /// Blocks on Redis for local waiters until there are none.
     async fn pump(self: Arc<Self>) {
-        let mut conn: Option<BlockingConn> = None;
+        let mut conn: Option<Borrowed> = None;
         let mut failures = 0u32;
+        let mut not_run_pause = NOT_RUN_FIRST;
         let block = MAX_BLOCK
             .min(self.cfg.lease / 4)
             .max(Duration::from_millis(100));
@@ -273,14 +280,16 @@ impl<R: Runtime> Engine<R> {
                 // More pumps than waiters: this one is not needed (a wait cut short for
                 // lack of waiters lands here, instead of blocking again).
                 if st.waiters.is_empty() || self.is_closed() || st.pumps > st.waiters.len() {
-                    if let Some(c) = conn.take() {
-                        if !self.is_closed() && st.idle.len() < self.cfg.max_blocking {
-                            st.idle.push(c);
-                        }
-                    }
+                    // Its connection, if any, goes back to the context's pool.
+                    drop(conn.take());
                     self.pump_exits(&mut st);
                     return;
                 }
+            }
+            // Other primitives queue for a connection: give this one back and queue too,
+            // so the connections rotate fairly (see `context::pool`).
+            if self.ctx.pool.contended() {
+                drop(conn.take());
             }
             // The connection first: the generation is reserved right before the move.
             let mut c = match conn.take() {
@@ -312,6 +321,7 @@ impl<R: Runtime> Engine<R> {
                 (Outcome::Abandoned, _settled) => {
                     // Cut short by dropping the connection: unknown whether the move
                     // happened, so the generation gives back whatever it got once drained.
+                    c.lent.discard();
                     gen.end_call();
                     self.taint(&gen);
                     continue;
@@ -323,6 +333,7 @@ impl<R: Runtime> Engine<R> {
                     gen.end_call();
                     conn = Some(c);
                     failures = 0;
+                    not_run_pause = NOT_RUN_FIRST;
                     self.deliver(held).await;
                 }
                 Ok(None) => {
@@ -330,7 +341,24 @@ impl<R: Runtime> Engine<R> {
                     self.maybe_retire(&gen);
                     conn = Some(c);
                     failures = 0;
+                    not_run_pause = NOT_RUN_FIRST;
                     self.kick_reclaim();
+                }
+                Err(e) if not_executed(&e) => {
+                    // Nothing moved: the key lives elsewhere now (a failover, a slot
+                    // moved or moving). Drop this connection, learn the new owner, and
+                    // meanwhile try the fast path, which follows redirections itself.
+                    gen.end_call();
+                    self.maybe_retire(&gen);
+                    c.lent.discard();
+                    self.conn.note_blocking_error(&e);
+                    self.rt.sleep(not_run_pause).await;
+                    not_run_pause = (not_run_pause * 2).min(NOT_RUN_MAX);
+                    match self.try_take_now().await {
+                        Ok(Some(held)) => self.deliver(held).await,
+                        Ok(None) => {}
+                        Err(e) => self.background_error("fast path after a redirection", &e),
+                    }
                 }
                 Err(e) if !outcome_unknown(&e) => {
                     // An error reply (e.g. WRONGTYPE): nothing moved.
@@ -344,6 +372,7 @@ impl<R: Runtime> Engine<R> {
                     // drained, which gives back a token that did move. A connection that
                     // missed its deadline is silent: the shared one, opened the same way,
                     // likely is too, so it is replaced before the next request.
+                    c.lent.discard();
                     gen.end_call();
                     self.taint(&gen);
                     if e.is_timeout() {
@@ -368,7 +397,7 @@ impl<R: Runtime> Engine<R> {
     /// which ends the wait on the server, and the outcome is unknown.
     async fn block_once(
         &self,
-        c: &mut BlockingConn,
+        c: &mut Borrowed,
         gen: &Generation,
         block: Duration,
     ) -> (Outcome, oneshot::Sender<()>) {
@@ -380,6 +409,11 @@ impl<R: Runtime> Engine<R> {
             switch,
             settled: settled.shared(),
         });
+        // While other primitives queue for a connection, only a slice; otherwise a long
+        // wait that a queued primitive can cut short (not where CLIENT UNBLOCK is refused:
+        // cutting would cost the connection and the generation).
+        let preemptible = !self.unblock_refused.load(Ordering::Relaxed);
+        let (block, preempt) = c.lent.begin_wait(block, SLICE, preemptible);
         let mut cmd = redis::cmd("BLMOVE");
         cmd.arg(&self.cfg.keys.pool)
             .arg(&gen.held_key)
@@ -390,18 +424,39 @@ impl<R: Runtime> Engine<R> {
         let mut cut = cut;
         self.trim_pumps();
         if !matches!(cut.try_recv(), Ok(None)) {
+            c.lent.end_wait();
             self.state().blocked.retain(|b| b.ticket != ticket);
             return (Outcome::Reply(Ok(None)), settled_tx);
         }
-        let wait = cmd.query_async::<Option<String>>(&mut c.conn);
-        futures::pin_mut!(wait);
-        let reply = match select(wait, cut).await {
-            Either::Left((reply, _)) => Outcome::Reply(reply),
-            Either::Right((_, wait)) if !self.unblock_refused.load(Ordering::Relaxed) => {
-                self.unblock(c.id, wait).await
-            }
-            Either::Right(_) => Outcome::Abandoned,
+        let Some(bc) = c.lent.conn() else {
+            c.lent.end_wait();
+            self.state().blocked.retain(|b| b.ticket != ticket);
+            return (Outcome::Reply(Ok(None)), settled_tx);
         };
+        let id = bc.id;
+        // Cut short for lack of waiters, or asked to make room in the pool.
+        let stop = async move {
+            match preempt {
+                Some(preempt) => {
+                    let _ = select(cut, preempt).await;
+                }
+                None => {
+                    let _ = cut.await;
+                }
+            }
+        };
+        let reply = {
+            let wait = cmd.query_async::<Option<String>>(&mut bc.conn);
+            futures::pin_mut!(wait);
+            match select(wait, Box::pin(stop)).await {
+                Either::Left((reply, _)) => Outcome::Reply(reply),
+                Either::Right((_, wait)) if !self.unblock_refused.load(Ordering::Relaxed) => {
+                    self.unblock(id, wait).await
+                }
+                Either::Right(_) => Outcome::Abandoned,
+            }
+        };
+        c.lent.end_wait();
         self.state().blocked.retain(|b| b.ticket != ticket);
         // The caller drops this once it has delivered or given back what the wait got.
         (reply, settled_tx)

@@ -28,7 +28,7 @@ end
 
 /// Loads every script into the server's script cache, concurrently (one round trip on a
 /// multiplexed connection).
-pub(crate) async fn load_all(conn: &crate::connection::SharedConn) -> redis::RedisResult<()> {
+pub(crate) async fn load_all(conn: &crate::connection::Conn) -> redis::RedisResult<()> {
     let scripts = [
         &*TAKE,
         &*GIVE_BACK,
