@@ -2,7 +2,9 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod relay;
+pub mod sentinel;
 pub mod server;
 pub mod tls;
 
