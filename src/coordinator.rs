@@ -297,8 +297,7 @@ impl<R: Runtime> Coordinator<R> {
     pub async fn shutdown(&self) -> Result<()> {
         self.ctx.close();
         let engines = self.ctx.engines();
-        let results =
-            futures::future::join_all(engines.iter().map(|e| e.shutdown())).await;
+        let results = futures::future::join_all(engines.iter().map(|e| e.shutdown())).await;
         self.ctx.pool.close_idle();
         results.into_iter().collect::<Result<Vec<()>>>().map(drop)
     }

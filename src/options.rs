@@ -14,7 +14,10 @@ use crate::{Error, InitStrategy, Invalid, Result};
 /// a [`Coordinator`](crate::Coordinator)'s.
 #[derive(Clone, Debug)]
 pub(crate) enum On<R: Runtime> {
-    Client { client: redis::Client, rt: Option<R> },
+    Client {
+        client: redis::Client,
+        rt: Option<R>,
+    },
     Context(Arc<Context<R>>),
 }
 

@@ -20,8 +20,8 @@ use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{
-    AsyncConnectionConfig, Cmd, ConnectionAddr, ConnectionInfo, Pipeline, RedisError,
-    RedisResult, Value,
+    AsyncConnectionConfig, Cmd, ConnectionAddr, ConnectionInfo, Pipeline, RedisError, RedisResult,
+    Value,
 };
 
 use super::reconnect::{Opener, Reconnecting};
@@ -188,7 +188,8 @@ impl ClusterConn {
         offset: usize,
         count: usize,
     ) -> RedisResult<Vec<Value>> {
-        self.routed(Request::Pipeline(pipeline, offset, count)).await
+        self.routed(Request::Pipeline(pipeline, offset, count))
+            .await
     }
 
     fn note_owner(&self, slot: u16, host: &str, port: u16) {
@@ -374,11 +375,20 @@ mod tests {
         // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
         assert_eq!(crc16_xmodem(b"123456789"), 0x31C3);
         assert_eq!(slot_of(b"foo"), 12182);
-        assert_eq!(slot_of(b"{user1000}.following"), slot_of(b"{user1000}.followers"));
+        assert_eq!(
+            slot_of(b"{user1000}.following"),
+            slot_of(b"{user1000}.followers")
+        );
         assert_eq!(slot_of(b"x:{jobs}:list"), slot_of(b"jobs"));
         // The same slot as redis-rs's own routing.
         use redis::cluster_routing::{Route, SlotAddr};
-        for key in ["a", "redsync:semaphore:{jobs}:list", "{}", "{{a}}", "x{y}z{w}"] {
+        for key in [
+            "a",
+            "redsync:semaphore:{jobs}:list",
+            "{}",
+            "{{a}}",
+            "x{y}z{w}",
+        ] {
             assert_eq!(
                 Route::with_key(key, SlotAddr::Master),
                 Route::new(slot_of(key.as_bytes()), SlotAddr::Master),

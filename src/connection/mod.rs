@@ -179,7 +179,12 @@ impl Conn {
             }
             #[cfg(feature = "cluster")]
             Server::Cluster(c) => match c.dedicated_for(key, Duration::ZERO).await {
-                Ok((mut node, _)) => redis::cmd("INFO").arg("memory").query_async(&mut node).await,
+                Ok((mut node, _)) => {
+                    redis::cmd("INFO")
+                        .arg("memory")
+                        .query_async(&mut node)
+                        .await
+                }
                 Err(e) => Err(e),
             },
         };

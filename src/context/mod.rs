@@ -79,7 +79,11 @@ impl<R: Runtime> std::fmt::Debug for Context<R> {
 impl<R: Runtime> Context<R> {
     /// Connects (a wrong address or credentials fail here), loads the scripts and starts
     /// the watchdog.
-    pub(crate) async fn connect(target: Target, settings: Settings, rt: Option<R>) -> Result<Arc<Self>> {
+    pub(crate) async fn connect(
+        target: Target,
+        settings: Settings,
+        rt: Option<R>,
+    ) -> Result<Arc<Self>> {
         let rt = match rt {
             Some(rt) => rt,
             None => R::try_current()?,
@@ -92,7 +96,9 @@ impl<R: Runtime> Context<R> {
             )));
         }
         if settings.max_blocking == 0 {
-            return Err(Error::InvalidArgument(crate::Invalid::NoBlockingConnections));
+            return Err(Error::InvalidArgument(
+                crate::Invalid::NoBlockingConnections,
+            ));
         }
         let sleeper_rt = rt.clone();
         let sleep: Sleeper = Arc::new(move |d| sleeper_rt.sleep(d).boxed());

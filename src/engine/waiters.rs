@@ -14,7 +14,9 @@ use futures::channel::oneshot;
 use futures::future::{join_all, select, Either, FutureExt};
 use redis::RedisResult;
 
-use super::{Blocked, Borrowed, Detachable, Engine, Generation, Held, Kind, Settled, State, MAX_BLOCK};
+use super::{
+    Blocked, Borrowed, Detachable, Engine, Generation, Held, Kind, Settled, State, MAX_BLOCK,
+};
 use crate::connection::not_executed;
 use crate::runtime::Runtime;
 use crate::scripts::{GIVE_BACK, TAKE};
