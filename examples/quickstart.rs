@@ -1,4 +1,6 @@
-//! Several workers share a semaphore of count 3, then two tasks hand off work with an event.
+//! Several workers share a semaphore of count 3, then two tasks hand off work with an event,
+//! all on one `Coordinator` (one shared connection, one lease watchdog); each worker has a
+//! handle (a holder) of its own, as separate processes would.
 //!
 //! `cargo run --example quickstart` starts its own redis-server (from PATH) when `REDIS_URL`
 //! is not set.
@@ -13,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis_sync::{Event, Semaphore, Tokio};
+use redis_sync::tokio::Coordinator;
 
 const WORKERS: usize = 8;
 const COUNT: u32 = 3;
@@ -24,6 +26,7 @@ async fn main() -> redis_sync::Result<()> {
     let (url, _server) = small_demo::redis_url();
     let client = redis::Client::open(url)?;
     let name = format!("quickstart-{}", std::process::id());
+    let sync = Coordinator::connect(&client).await?;
 
     // Every worker creates the same semaphore: the first creates it, the others join.
     let inside = Arc::new(AtomicUsize::new(0));
@@ -31,10 +34,10 @@ async fn main() -> redis_sync::Result<()> {
     let started = Instant::now();
     let mut workers = Vec::new();
     for worker in 0..WORKERS {
-        let (client, name) = (client.clone(), name.clone());
+        let (sync, name) = (sync.clone(), name.clone());
         let (inside, max_inside) = (inside.clone(), max_inside.clone());
         workers.push(tokio::spawn(async move {
-            let sem = Semaphore::<Tokio>::create(&client, &name, COUNT).await?;
+            let sem = sync.semaphore(&name).create(COUNT).await?;
             for _ in 0..JOBS_PER_WORKER {
                 let permit = sem.acquire().await?;
                 let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
@@ -59,9 +62,9 @@ async fn main() -> redis_sync::Result<()> {
     );
 
     // An event hands work from a producer to a consumer, exactly once per set().
-    let ready = Event::<Tokio>::open(&client, &name).await?;
+    let ready = sync.event(&name).open().await?;
     let consumer = {
-        let ready = Event::<Tokio>::open(&client, &name).await?;
+        let ready = sync.event(&name).open().await?;
         tokio::spawn(async move {
             ready.wait_timeout(Duration::from_secs(10)).await?;
             println!("consumer: got the signal");
@@ -71,6 +74,12 @@ async fn main() -> redis_sync::Result<()> {
     println!("producer: setting the event");
     ready.set().await?;
     consumer.await.expect("consumer panicked")?;
+    let stats = sync.stats();
+    println!(
+        "coordinator: 1 shared connection and {} blocking ones (cap {}) for every handle",
+        stats.blocking_connections, stats.max_blocking_connections
+    );
+    sync.shutdown().await?;
     println!("quickstart: ok");
     Ok(())
 }

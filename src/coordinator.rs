@@ -7,8 +7,8 @@ use std::time::Duration;
 use crate::context::{Context, Settings, Target};
 use crate::runtime::Runtime;
 use crate::{
-    Error, EventBuilder, Invalid, Result, SemaphoreBuilder, Stats,
-    DEFAULT_COORDINATOR_BLOCKING_CONNECTIONS, DEFAULT_RESPONSE_TIMEOUT,
+    EventBuilder, Result, SemaphoreBuilder, Stats, DEFAULT_COORDINATOR_BLOCKING_CONNECTIONS,
+    DEFAULT_RESPONSE_TIMEOUT,
 };
 
 /// Hands out any number of semaphores and events that share its connections and its
@@ -171,11 +171,13 @@ impl<R: Runtime> Coordinator<R> {
             .map(|n| n.into_connection_info())
             .collect();
         let target = match nodes {
-            Ok(nodes) if nodes.is_empty() => Err(Error::InvalidArgument(Invalid::SeedNodes(
-                "no node given".to_owned(),
-            ))),
+            Ok(nodes) if nodes.is_empty() => Err(crate::Error::InvalidArgument(
+                crate::Invalid::SeedNodes("no node given".to_owned()),
+            )),
             Ok(nodes) => Ok(Target::Cluster(nodes)),
-            Err(e) => Err(Error::InvalidArgument(Invalid::SeedNodes(e.to_string()))),
+            Err(e) => Err(crate::Error::InvalidArgument(crate::Invalid::SeedNodes(
+                e.to_string(),
+            ))),
         };
         CoordinatorBuilder::new(target)
     }

@@ -104,6 +104,29 @@ macro_rules! runtime_aliases {
         /// # }
         /// ```
         pub type EventBuilder = crate::EventBuilder<$rt>;
+        #[doc = concat!("[`Coordinator`](crate::Coordinator) on ", $name, ".")]
+        ///
+        /// # Examples
+        ///
+        /// ```no_run
+        /// # async fn demo(client: redis_sync::redis::Client) -> redis_sync::Result<()> {
+        /// # #[cfg(feature = "tokio")]
+        /// let sync = redis_sync::tokio::Coordinator::connect(&client).await?;
+        /// # Ok(()) }
+        /// ```
+        pub type Coordinator = crate::Coordinator<$rt>;
+        #[doc = concat!("[`CoordinatorBuilder`](crate::CoordinatorBuilder) on ", $name, ".")]
+        ///
+        /// # Examples
+        ///
+        /// ```no_run
+        /// # async fn demo(client: redis_sync::redis::Client) {
+        /// # #[cfg(feature = "tokio")]
+        /// let b: redis_sync::tokio::CoordinatorBuilder =
+        ///     redis_sync::tokio::Coordinator::builder(&client).max_blocking_connections(8);
+        /// # }
+        /// ```
+        pub type CoordinatorBuilder = crate::CoordinatorBuilder<$rt>;
     };
 }
 

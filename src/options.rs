@@ -13,6 +13,8 @@ use crate::{Error, InitStrategy, Invalid, Result};
 /// What a primitive's builder starts it on: a context of its own, made from a client, or
 /// a [`Coordinator`](crate::Coordinator)'s.
 #[derive(Clone, Debug)]
+// Made once per context or builder: the size of a `redis::Client` does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum On<R: Runtime> {
     Client {
         client: redis::Client,
@@ -67,6 +69,7 @@ impl<R: Runtime> On<R> {
                 let mut conn = crate::connection::SharedConn::connect(
                     crate::connection::Source::Fixed(client),
                     opts.response_timeout,
+                    None,
                 )
                 .await?;
                 crate::inspect::inspect(&mut conn, &cfg.keys).await

@@ -14,7 +14,7 @@ mod common;
 mod scenarios;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::cluster::{slot_of, RedisCluster};
@@ -22,7 +22,8 @@ use redis_sync::{Coordinator, Error, InitStrategy, Invalid, KeyLayout, Runtime, 
 use scenarios::*;
 
 /// Topology changes (failover, migration) one at a time: each test checks its own.
-static TOPOLOGY: Mutex<()> = Mutex::new(());
+static TOPOLOGY: std::sync::LazyLock<futures::lock::Mutex<()>> =
+    std::sync::LazyLock::new(|| futures::lock::Mutex::new(()));
 
 async fn coordinator<R: Runtime>() -> Coordinator<R> {
     Coordinator::<R>::cluster(RedisCluster::shared().urls())
@@ -138,7 +139,7 @@ async fn layouts_and_strategies<R: Runtime>() {
 /// semaphore's slot; afterwards nobody was ever over the count, every waiter was served,
 /// and every permit is back.
 async fn under_topology_change<R: Runtime>(change: fn(&RedisCluster, u16)) {
-    let _one_at_a_time = TOPOLOGY.lock().unwrap_or_else(|e| e.into_inner());
+    let _one_at_a_time = TOPOLOGY.lock().await;
     let cluster = RedisCluster::shared();
     let sync = coordinator::<R>().await;
     let n = name("moving");

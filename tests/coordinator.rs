@@ -275,7 +275,7 @@ async fn many_holders_one_coordinator<R: Runtime>() {
                 .unwrap(),
         );
     }
-    for sem in handles.iter().cloned() {
+    for sem in handles.clone() {
         let (inside, most) = (inside.clone(), most.clone());
         tasks.push(spawn::<R, _>(async move {
             for _ in 0..20 {

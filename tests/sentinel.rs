@@ -11,7 +11,7 @@ mod common;
 mod scenarios;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::sentinel::RedisSentinel;
@@ -20,13 +20,14 @@ use redis_sync::{Coordinator, Runtime};
 use scenarios::*;
 
 /// One failover at a time.
-static TOPOLOGY: Mutex<()> = Mutex::new(());
+static TOPOLOGY: std::sync::LazyLock<futures::lock::Mutex<()>> =
+    std::sync::LazyLock::new(|| futures::lock::Mutex::new(()));
 
 async fn coordinator<R: Runtime>() -> Coordinator<R> {
     let topo = RedisSentinel::shared();
     let sentinel = SentinelClient::build(
         topo.sentinel_urls(),
-        topo.master_name().to_owned(),
+        topo.master_name(),
         None,
         SentinelServerType::Master,
     )
@@ -39,7 +40,7 @@ async fn coordinator<R: Runtime>() -> Coordinator<R> {
 }
 
 async fn failover_under_load<R: Runtime>() {
-    let _one_at_a_time = TOPOLOGY.lock().unwrap_or_else(|e| e.into_inner());
+    let _one_at_a_time = TOPOLOGY.lock().await;
     let topo = RedisSentinel::shared();
     let sync = coordinator::<R>().await;
     let name = format!("sentinel-{:08x}", fastrand::u32(..));

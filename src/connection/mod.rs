@@ -22,7 +22,9 @@ use futures::future::BoxFuture;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 
-pub(crate) use single::{connection_broken, tcp_settings, with_tcp_settings, SharedConn, Source};
+#[cfg(feature = "cluster")]
+use single::{connection_broken, tcp_settings};
+pub(crate) use single::{with_tcp_settings, SharedConn, Source};
 
 /// Sleeps on the context's runtime (the connection layer is not generic over it).
 pub(crate) type Sleeper = Arc<dyn Fn(Duration) -> BoxFuture<'static, ()> + Send + Sync>;
@@ -31,11 +33,12 @@ pub(crate) type Sleeper = Arc<dyn Fn(Duration) -> BoxFuture<'static, ()> + Send 
 const RETRY_FIRST: Duration = Duration::from_millis(10);
 const RETRY_MAX: Duration = Duration::from_millis(500);
 
-/// Whether an error reply says the request certainly did not run, so that sending it
-/// again is safe: a cluster redirection (`MOVED`, `ASK`), a slot being migrated
-/// (`TRYAGAIN`), a cluster or primary down, a server loading its data, a server that is a
-/// replica now (`READONLY`, after a failover), or a blocking wait ended by a failover or
-/// `CLIENT UNBLOCK ... ERROR` (`UNBLOCKED`).
+/// Whether an error reply says the key is not served where the request went, so that it
+/// must go elsewhere or later: a cluster redirection (`MOVED`, `ASK`), a slot being
+/// migrated (`TRYAGAIN`), a cluster or primary down, a server loading its data, a server
+/// that is a replica now (`READONLY`, after a failover): none of these ran. Also a
+/// blocking wait ended by a failover (`UNBLOCKED`), which the engine nonetheless treats
+/// as of unknown outcome.
 pub(crate) fn not_executed(e: &RedisError) -> bool {
     matches!(
         e.code(),
@@ -91,7 +94,9 @@ impl Conn {
         sleep: Sleeper,
     ) -> RedisResult<Self> {
         Ok(Conn {
-            server: Server::Single(SharedConn::connect(source, response_timeout).await?),
+            server: Server::Single(
+                SharedConn::connect(source, response_timeout, Some(sleep.clone())).await?,
+            ),
             response_timeout,
             sleep,
         })
@@ -133,7 +138,10 @@ impl Conn {
         longest_block: Duration,
     ) -> RedisResult<(MultiplexedConnection, String)> {
         match &self.server {
-            Server::Single(c) => Ok((c.dedicated(longest_block).await?, String::new())),
+            Server::Single(c) => {
+                let _ = key;
+                Ok((c.dedicated(longest_block).await?, String::new()))
+            }
             #[cfg(feature = "cluster")]
             Server::Cluster(c) => c.dedicated_for(key, longest_block).await,
         }

@@ -11,6 +11,7 @@ use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 
 use super::reconnect::{Opener, Reconnecting};
+use super::Sleeper;
 
 /// Idle time before the first keepalive probe, then the probe interval and count: a peer
 /// that vanished without FIN/RST is noticed by an idle connection within about 11 s.
@@ -63,6 +64,8 @@ pub(crate) fn connection_broken(e: &RedisError) -> bool {
 /// Where the server is: a fixed client, or the primary that Sentinel names now (asked
 /// again for every new connection, so a failover is followed).
 #[derive(Clone)]
+// Made once per context or builder: the size of a `redis::Client` does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Source {
     Fixed(redis::Client),
     #[cfg(feature = "sentinel")]
@@ -70,14 +73,37 @@ pub(crate) enum Source {
 }
 
 impl Source {
-    /// The client of the server to connect to now, with this library's TCP settings.
-    pub(crate) async fn client(&self) -> RedisResult<redis::Client> {
+    /// The client of the server to connect to now, with this library's TCP settings; a
+    /// Sentinel lookup that takes longer than `timeout` fails (`sleep` measures it).
+    pub(crate) async fn client(
+        &self,
+        timeout: Duration,
+        sleep: Option<&Sleeper>,
+    ) -> RedisResult<redis::Client> {
         match self {
-            Source::Fixed(client) => Ok(client.clone()),
+            Source::Fixed(client) => {
+                let _ = (timeout, sleep);
+                Ok(client.clone())
+            }
             #[cfg(feature = "sentinel")]
             Source::Sentinel(sentinel) => {
-                let client = sentinel.lock().await.async_get_client().await?;
-                with_tcp_settings(&client)
+                let lookup = async {
+                    let client = sentinel.lock().await.async_get_client().await?;
+                    with_tcp_settings(&client)
+                };
+                let Some(sleep) = sleep else {
+                    return lookup.await;
+                };
+                futures::pin_mut!(lookup);
+                match futures::future::select(lookup, sleep(timeout)).await {
+                    futures::future::Either::Left((res, _)) => res,
+                    futures::future::Either::Right(_) => {
+                        Err(RedisError::from(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "no sentinel named the primary in time",
+                        )))
+                    }
+                }
             }
         }
     }
@@ -94,6 +120,7 @@ impl Source {
 struct Inner {
     source: Source,
     response_timeout: Duration,
+    sleep: Option<Sleeper>,
     conn: Reconnecting<MultiplexedConnection>,
 }
 
@@ -114,11 +141,18 @@ impl std::fmt::Debug for SharedConn {
 
 impl SharedConn {
     /// Connects now, so that a wrong address or credentials fail at once.
-    pub(crate) async fn connect(source: Source, response_timeout: Duration) -> RedisResult<Self> {
-        let opener_source = source.clone();
+    /// Connects now, so that a wrong address or credentials fail at once. `sleep` bounds
+    /// Sentinel lookups (none for a fixed server).
+    pub(crate) async fn connect(
+        source: Source,
+        response_timeout: Duration,
+        sleep: Option<Sleeper>,
+    ) -> RedisResult<Self> {
+        let (opener_source, opener_sleep) = (source.clone(), sleep.clone());
         let open: Opener<MultiplexedConnection> = Arc::new(move || {
             open(
                 opener_source.clone(),
+                opener_sleep.clone(),
                 Some(response_timeout),
                 response_timeout,
             )
@@ -128,6 +162,7 @@ impl SharedConn {
             inner: Arc::new(Inner {
                 source,
                 response_timeout,
+                sleep,
                 conn: Reconnecting::new(open),
             }),
         };
@@ -158,6 +193,7 @@ impl SharedConn {
         let timeout = self.inner.response_timeout;
         open(
             self.inner.source.clone(),
+            self.inner.sleep.clone(),
             Some(longest_block + timeout),
             timeout,
         )
@@ -167,10 +203,11 @@ impl SharedConn {
 
 async fn open(
     source: Source,
+    sleep: Option<Sleeper>,
     response_timeout: Option<Duration>,
     connection_timeout: Duration,
 ) -> RedisResult<MultiplexedConnection> {
-    let client = source.client().await?;
+    let client = source.client(connection_timeout, sleep.as_ref()).await?;
     let cfg = AsyncConnectionConfig::new()
         .set_response_timeout(response_timeout)
         .set_connection_timeout(Some(connection_timeout));

@@ -24,6 +24,8 @@ pub(crate) use watchdog::RenewalClock;
 
 /// Where the context connects.
 #[derive(Clone)]
+// Made once per context or builder: the size of a `redis::Client` does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Target {
     Client(redis::Client),
     #[cfg(feature = "cluster")]

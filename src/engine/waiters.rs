@@ -347,11 +347,18 @@ impl<R: Runtime> Engine<R> {
                     self.kick_reclaim();
                 }
                 Err(e) if not_executed(&e) => {
-                    // Nothing moved: the key lives elsewhere now (a failover, a slot
-                    // moved or moving). Drop this connection, learn the new owner, and
-                    // meanwhile try the fast path, which follows redirections itself.
+                    // The key lives elsewhere now (a failover, a slot moved or moving).
+                    // Drop this connection, learn the new owner, and meanwhile try the
+                    // fast path, which follows redirections itself. A redirection or a
+                    // migration in progress means nothing ran; a wait ended by a failover
+                    // (UNBLOCKED) is treated as of unknown outcome, like a dropped
+                    // connection: the generation gives back whatever its list holds.
                     gen.end_call();
-                    self.maybe_retire(&gen);
+                    if e.code() == Some("UNBLOCKED") {
+                        self.taint(&gen);
+                    } else {
+                        self.maybe_retire(&gen);
+                    }
                     c.lent.discard();
                     self.conn.note_blocking_error(&e);
                     self.rt.sleep(not_run_pause).await;
