@@ -240,6 +240,22 @@ impl<R: Runtime> Coordinator<R> {
         EventBuilder::on_context(self.ctx.clone(), name)
     }
 
+    /// A lock with fencing tokens named `name` on this coordinator: its builder, then
+    /// [`open`](crate::MutexBuilder::open).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(sync: redis_sync::Coordinator<redis_sync::Tokio>) -> redis_sync::Result<()> {
+    /// let lock = sync.mutex("ledger").open().await?;
+    /// let guard = lock.lock().await?;
+    /// println!("token {}", guard.fencing_token());
+    /// # Ok(()) }
+    /// ```
+    pub fn mutex(&self, name: &str) -> crate::MutexBuilder<R> {
+        crate::MutexBuilder::on_context(self.ctx.clone(), name)
+    }
+
     /// Whether it is connected to a Redis Cluster.
     ///
     /// # Examples

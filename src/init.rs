@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 
-use crate::engine::{Engine, PERMIT_TOKEN};
+use crate::engine::{Engine, GATE_TOKEN};
 use crate::runtime::Runtime;
 use crate::scripts::INIT;
 use crate::{Error, KeyLayout, Result};
@@ -86,14 +86,15 @@ async fn init_lua_with<R: Runtime>(
     let keys = &engine.cfg.keys;
     let mut conn = engine.conn.clone();
     let mut inv = INIT.prepare_invoke();
-    inv.key(meta).key(&keys.pool).key(&keys.leases);
+    inv.key(meta).key(&keys.pool).key(&keys.leases).key(&keys.gate);
     for h in holders {
         inv.key(keys.held(h));
     }
     inv.arg(count)
-        .arg(PERMIT_TOKEN)
-        .arg(engine.ttl_ms())
-        .arg(u8::from(strict(engine)));
+        .arg(engine.first_token())
+        .arg(engine.key_ttl_ms())
+        .arg(u8::from(strict(engine)))
+        .arg(u8::from(engine.is_fenced()));
     for h in holders {
         inv.arg(h);
     }
@@ -109,7 +110,7 @@ async fn init_optimistic<R: Runtime>(engine: &Arc<Engine<R>>, count: u32) -> Res
     let Some(meta) = keys.meta.as_ref() else {
         return Ok(Some(count));
     };
-    let ttl = engine.ttl_ms() as i64;
+    let ttl = engine.key_ttl_ms() as i64;
     // WATCH belongs to the connection: never on the shared one.
     // On the server that owns the keys (in a cluster, a connection to that node).
     let (mut conn, _) = engine.conn.dedicated(meta, Duration::ZERO).await?;
@@ -120,14 +121,12 @@ async fn init_optimistic<R: Runtime>(engine: &Arc<Engine<R>>, count: u32) -> Res
         .exec_async(&mut conn)
         .await?;
     let existing: Option<u32> = conn.hget(meta, "count").await?;
-    if let Some(actual) = existing {
+    if existing.is_some() {
         redis::cmd("UNWATCH").exec_async(&mut conn).await?;
-        // Lengthen, never shorten: a live semaphore may have a longer lease than ours.
-        let mut pipe = redis::pipe();
-        lengthen_ttl(&mut pipe, meta, ttl);
-        lengthen_ttl(&mut pipe, &keys.pool, ttl);
-        let _: () = pipe.query_async(&mut conn).await?;
-        return Ok(Some(actual));
+        // The script's "exists" branch: lengthens TTLs (never shortens: a live semaphore
+        // may have a longer lease than ours) and gives a pool of an earlier version its
+        // gate, atomically.
+        return init_lua_with(engine, meta, count, &[]).await;
     }
     if strict(engine) && conn.exists(&keys.pool).await? {
         redis::cmd("UNWATCH").exec_async(&mut conn).await?;
@@ -135,17 +134,29 @@ async fn init_optimistic<R: Runtime>(engine: &Arc<Engine<R>>, count: u32) -> Res
     }
     let holders: Vec<String> = conn.zrange(&keys.leases, 0, -1).await?;
     let mut held = 0u32;
+    let mut gate_held = false;
     for h in &holders {
-        let n: u32 = conn.llen(keys.held(h)).await?;
-        held += n;
+        let items: Vec<String> = conn.lrange(keys.held(h), 0, -1).await?;
+        gate_held |= items.iter().any(|t| t == GATE_TOKEN);
+        held += items.iter().filter(|t| *t != GATE_TOKEN).count() as u32;
     }
     let free: u32 = conn.llen(&keys.pool).await?;
     let want = count.saturating_sub(held);
     let mut tx = redis::pipe();
     tx.atomic();
     tx.hset(meta, "count", count).ignore();
+    tx.hdel(meta, "debt").ignore();
+    tx.hset(meta, "gate", 1).ignore();
+    tx.del(&keys.gate).ignore();
+    if !gate_held {
+        tx.rpush(&keys.gate, GATE_TOKEN).ignore();
+    }
+    if engine.is_fenced() {
+        tx.hset(meta, "fenced", 1).ignore();
+        tx.hset(meta, "fence", engine.first_token()).ignore();
+    }
     if free < want {
-        tx.rpush(&keys.pool, vec![PERMIT_TOKEN; (want - free) as usize])
+        tx.rpush(&keys.pool, vec![engine.first_token(); (want - free) as usize])
             .ignore();
     } else if free > want {
         if want == 0 {
@@ -154,9 +165,12 @@ async fn init_optimistic<R: Runtime>(engine: &Arc<Engine<R>>, count: u32) -> Res
             tx.ltrim(&keys.pool, 0, want as isize - 1).ignore();
         }
     }
-    tx.pexpire(meta, ttl).ignore();
-    lengthen_ttl(&mut tx, &keys.pool, ttl);
-    lengthen_ttl(&mut tx, &keys.leases, ttl);
+    if ttl > 0 {
+        tx.pexpire(meta, ttl).ignore();
+        lengthen_ttl(&mut tx, &keys.pool, ttl);
+        lengthen_ttl(&mut tx, &keys.leases, ttl);
+        lengthen_ttl(&mut tx, &keys.gate, ttl);
+    }
     // EXEC answers nil when a watched key changed: someone else got there first.
     let committed: Option<()> = tx.query_async(&mut conn).await?;
     Ok(committed.map(|()| count))

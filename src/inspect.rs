@@ -8,6 +8,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use crate::engine::GATE_TOKEN;
 use crate::keys::Keys;
 use crate::Result;
 
@@ -56,6 +57,16 @@ pub struct SemaphoreState {
     /// # Ok(()) }
     /// ```
     pub holders_total: usize,
+    /// For a [`Mutex`](crate::Mutex): the fencing token the next grant would carry if the
+    /// lock is free now (the number in the pool), else the last one handed out.
+    pub next_fence: Option<u64>,
+    /// Permits that will be destroyed, not returned to the pool, when given back: what is
+    /// left of a count lowered below the permits held then (see
+    /// [`Semaphore::set_count`](crate::Semaphore::set_count)).
+    pub pending_reduction: u32,
+    /// The holder whose request for several permits holds the gate now (see
+    /// [`Semaphore::acquire_many`](crate::Semaphore::acquire_many)), if any.
+    pub gate_holder: Option<String>,
 }
 
 impl SemaphoreState {
@@ -133,12 +144,25 @@ where
 {
     let (page, cap) = (page.max(1), cap.max(1));
     let meta = keys.meta.as_deref().unwrap_or(&keys.pool);
-    type Head = ((u64, u64), Option<u32>, usize, usize, Vec<(String, f64)>);
+    type Head = (
+        (u64, u64),
+        (Option<u32>, Option<u32>, Option<u64>),
+        usize,
+        Option<String>,
+        usize,
+        Vec<(String, f64)>,
+    );
     // The first page comes with the rest: one request for up to `page` holders.
-    let ((secs, micros), count, free, total, mut leases): Head = redis::pipe()
+    let ((secs, micros), (count, debt, fence), free, first_free, total, mut leases): Head =
+        redis::pipe()
         .cmd("TIME")
-        .hget(meta, "count")
+        .cmd("HMGET")
+        .arg(meta)
+        .arg("count")
+        .arg("debt")
+        .arg("fence")
         .llen(&keys.pool)
+        .lindex(&keys.pool, 0)
         .zcard(&keys.leases)
         .zrange_withscores(&keys.leases, 0, page.min(cap) as isize - 1)
         .query_async(conn)
@@ -147,6 +171,7 @@ where
     let mut holders = Vec::with_capacity(total.min(cap));
     // A holder renewed while the pages are read moves towards the end: never list it twice.
     let mut seen = HashSet::new();
+    let mut gate_holder = None;
     let mut start = 0;
     loop {
         let full = leases.len() >= page;
@@ -156,16 +181,24 @@ where
             let mut pipe = redis::pipe();
             for (id, _) in &leases {
                 pipe.llen(keys.held(id));
+                // The gate token is not a permit.
+                pipe.cmd("LPOS").arg(keys.held(id)).arg(GATE_TOKEN);
             }
-            let held: Vec<usize> = pipe.query_async(conn).await?;
-            holders.extend(leases.drain(..).zip(held).map(|((id, expiry), permits)| {
+            let replies: Vec<Option<usize>> = pipe.query_async(conn).await?;
+            let held = replies
+                .chunks(2)
+                .map(|pair| (pair[0].unwrap_or(0), pair.get(1).copied().flatten()));
+            for ((id, expiry), (len, gate)) in leases.drain(..).zip(held) {
                 let left = expiry as i64 - now_ms as i64;
-                HolderState {
-                    id,
-                    permits,
-                    lease_remaining: (left > 0).then(|| Duration::from_millis(left as u64)),
+                if gate.is_some() {
+                    gate_holder = Some(id.clone());
                 }
-            }));
+                holders.push(HolderState {
+                    id,
+                    permits: len - usize::from(gate.is_some()),
+                    lease_remaining: (left > 0).then(|| Duration::from_millis(left as u64)),
+                });
+            }
         }
         start += page;
         if !full || holders.len() >= cap {
@@ -180,11 +213,20 @@ where
             .query_async(conn)
             .await?;
     }
+    // A free mutex's pool holds the next fence; a held one's, nothing.
+    let next_fence = fence.map(|last| {
+        first_free
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(last)
+    });
     Ok(SemaphoreState {
         count,
         free,
         holders,
         holders_total: total,
+        next_fence,
+        pending_reduction: debt.unwrap_or(0),
+        gate_holder,
     })
 }
 

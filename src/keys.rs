@@ -34,6 +34,8 @@ pub(crate) struct Keys {
     pub leases: String,
     /// Sorted set: holder id -> time until which its held list is swept for stragglers.
     pub graves: String,
+    /// The gate of requests for several permits: holds `G` while none is accumulating.
+    pub gate: String,
     /// Prefix of a holder's held list; the holder id follows.
     held_prefix: String,
     /// The layout the names follow.
@@ -48,6 +50,7 @@ impl Keys {
             meta: Some(format!("{base}:meta")),
             leases: format!("{base}:leases"),
             graves: format!("{base}:graves"),
+            gate: format!("{base}:gate"),
             held_prefix: format!("{base}:held:"),
             layout,
         })
@@ -60,9 +63,21 @@ impl Keys {
             meta: None,
             leases: format!("{base}:leases"),
             graves: format!("{base}:graves"),
+            gate: format!("{base}:gate"),
             held_prefix: format!("{base}:held:"),
             layout,
         })
+    }
+
+    /// The metadata key, or the pool's name where there is none (scripts declare every
+    /// key they may touch; `has_meta` tells them which).
+    pub(crate) fn meta_or_pool(&self) -> &str {
+        self.meta.as_deref().unwrap_or(&self.pool)
+    }
+
+    /// `1` when there is metadata (a script argument).
+    pub(crate) fn has_meta(&self) -> u8 {
+        u8::from(self.meta.is_some())
     }
 
     /// The list recording what holder `holder` has taken.

@@ -12,6 +12,7 @@ mod event;
 mod init;
 mod inspect;
 mod keys;
+mod mutex;
 mod options;
 mod permit;
 mod runtime;
@@ -31,6 +32,7 @@ pub use options::{
     DEFAULT_COORDINATOR_BLOCKING_CONNECTIONS, DEFAULT_LEASE_TTL, DEFAULT_LOCAL_HANDOFF_LIMIT,
     DEFAULT_MAX_BLOCKING_CONNECTIONS, DEFAULT_RESPONSE_TIMEOUT,
 };
+pub use mutex::{Mutex, MutexBuilder, MutexGuard, DEFAULT_MUTEX_PREFIX};
 pub use permit::{LeaseLostFuture, Permit};
 #[cfg(feature = "async-std")]
 pub use runtime::AsyncStd;
@@ -115,6 +117,28 @@ macro_rules! runtime_aliases {
         /// # Ok(()) }
         /// ```
         pub type Coordinator = crate::Coordinator<$rt>;
+        #[doc = concat!("[`Mutex`](crate::Mutex) on ", $name, ".")]
+        ///
+        /// # Examples
+        ///
+        /// ```no_run
+        /// # async fn demo(client: redis_sync::redis::Client) -> redis_sync::Result<()> {
+        /// # #[cfg(feature = "tokio")]
+        /// let lock = redis_sync::tokio::Mutex::open(&client, "ledger").await?;
+        /// # Ok(()) }
+        /// ```
+        pub type Mutex = crate::Mutex<$rt>;
+        #[doc = concat!("[`MutexGuard`](crate::MutexGuard) on ", $name, ".")]
+        ///
+        /// # Examples
+        ///
+        /// ```no_run
+        /// # #[cfg(feature = "tokio")]
+        /// # async fn demo(lock: redis_sync::tokio::Mutex) -> redis_sync::Result<()> {
+        /// let guard: redis_sync::tokio::MutexGuard = lock.lock().await?;
+        /// # Ok(()) }
+        /// ```
+        pub type MutexGuard = crate::MutexGuard<$rt>;
         #[doc = concat!("[`CoordinatorBuilder`](crate::CoordinatorBuilder) on ", $name, ".")]
         ///
         /// # Examples

@@ -144,7 +144,9 @@ impl Options {
             return invalid(Invalid::NoBlockingConnections);
         }
         let keys = match kind {
-            Kind::Semaphore => Keys::semaphore(&self.key_prefix, &self.name, self.key_layout)?,
+            Kind::Semaphore | Kind::Mutex => {
+                Keys::semaphore(&self.key_prefix, &self.name, self.key_layout)?
+            }
             Kind::Event => Keys::event(&self.key_prefix, &self.name, self.key_layout)?,
         };
         Ok(Config {

@@ -37,6 +37,11 @@ impl<R: Runtime> Permit<R> {
         Permit { held }
     }
 
+    /// The token's fence (a mutex's fencing token; 0 for a semaphore's permit).
+    pub(crate) fn fence(&self) -> u64 {
+        self.held.fence
+    }
+
     /// Gives the permit back and reports the outcome.
     ///
     /// # Errors

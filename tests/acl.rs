@@ -19,8 +19,9 @@ use scenarios::{raw_conn, spawn, wait_all_free};
 const COMMANDS: &str = "+evalsha +script|load +blmove +client|id +info \
      +time +zscore +zadd +zrem +zrange +zrangebyscore +zrevrangebyscore +zcard \
      +lmove +lpush +lpop +rpush +ltrim +llen +del +exists +type +pttl +pexpire \
-     +hget +hset +hexists +watch +unwatch +multi +exec";
-const KEYS: &str = "~redsync:semaphore:* ~redsync:event:* ~acl-app:*";
+     +hget +hset +hexists +hmget +hincrby +hsetnx +hdel +lpos +lrange +lindex \
+     +watch +unwatch +multi +exec";
+const KEYS: &str = "~redsync:semaphore:* ~redsync:event:* ~redsync:mutex:* ~acl-app:*";
 
 /// A server with the restricted user `sync`.
 fn acl_server() -> common::RedisServer {

@@ -15,6 +15,8 @@ pub(crate) struct Held<R: Runtime> {
     /// How many times this token went from one local holder to the next without going
     /// back to Redis.
     pub(crate) handoffs: u32,
+    /// The token's number, for a mutex: its fencing token (0 otherwise).
+    pub(crate) fence: u64,
     armed: bool,
 }
 
@@ -26,8 +28,15 @@ impl<R: Runtime> Held<R> {
             engine,
             gen,
             handoffs,
+            fence: 0,
             armed: true,
         }
+    }
+
+    /// Records the token's value: a mutex's token is its fence.
+    pub(crate) fn with_token(mut self, token: &str) -> Self {
+        self.fence = token.parse().unwrap_or(0);
+        self
     }
 
     /// Takes over a token already counted as outstanding (a detached permit).
@@ -36,6 +45,7 @@ impl<R: Runtime> Held<R> {
             engine,
             gen,
             handoffs: 0,
+            fence: 0,
             armed: true,
         }
     }
@@ -70,6 +80,7 @@ impl<R: Runtime> Drop for Held<R> {
             engine: self.engine.clone(),
             gen: self.gen.clone(),
             handoffs: self.handoffs,
+            fence: self.fence,
             armed: true,
         };
         self.engine.release_in_background(again);

@@ -48,21 +48,24 @@ pub(crate) async fn renew_once<R: Runtime>(engine: &Arc<Engine<R>>) -> Result<()
     inv.key(&keys.leases)
         .key(&keys.graves)
         .key(&keys.pool)
-        .key(meta);
+        .key(meta)
+        .key(&keys.gate);
     for g in &gens {
         inv.key(&g.held_key);
     }
     inv.arg(engine.ttl_ms())
         .arg(u8::from(engine.keep_pool_ttl()))
         .arg(GRAVE.as_millis() as u64)
-        .arg(engine.give_back_side());
+        .arg(engine.give_back_side())
+        .arg(keys.has_meta());
     for g in &gens {
         inv.arg(&g.id);
     }
     let mut conn = engine.conn.clone();
     let sent = Instant::now();
-    type Renewed = (i64, Vec<i64>, Vec<String>, Vec<String>, Vec<String>);
-    let (meta_ok, status, expired, due, newest): Renewed = inv.invoke_async(&mut conn).await?;
+    type Renewed = (i64, Vec<i64>, Vec<String>, Vec<String>, Vec<String>, u32);
+    let (meta_ok, status, expired, due, newest, count): Renewed =
+        inv.invoke_async(&mut conn).await?;
     let expires_by = engine.loss_deadline(sent);
     trace_event!(trace, primitive = %keys.pool, leases = gens.len(), took = ?sent.elapsed(), "renewed");
     for (gen, renewed) in gens.iter().zip(status) {
@@ -71,6 +74,12 @@ pub(crate) async fn renew_once<R: Runtime>(engine: &Arc<Engine<R>>) -> Result<()
         } else {
             engine.lose(gen);
         }
+    }
+    // Every handle learns a resize at its next renewal.
+    if count > 0 {
+        engine
+            .count
+            .store(count, std::sync::atomic::Ordering::Release);
     }
     let count = engine.count.load(std::sync::atomic::Ordering::Acquire);
     if meta_ok == 0 && engine.cfg.kind == Kind::Semaphore && count > 0 && !engine.is_closed() {
@@ -202,7 +211,11 @@ pub(super) fn reclaim_call<R: Runtime>(
     let mut conn = engine.conn.clone();
     async move {
         let mut inv = RECLAIM.prepare_invoke();
-        inv.key(&keys.leases).key(&keys.graves).key(&keys.pool);
+        inv.key(&keys.leases)
+            .key(&keys.graves)
+            .key(&keys.pool)
+            .key(&keys.gate)
+            .key(keys.meta_or_pool());
         for h in &holders {
             inv.key(keys.held(h));
         }
@@ -210,7 +223,8 @@ pub(super) fn reclaim_call<R: Runtime>(
             .arg(GRAVE.as_millis() as u64)
             .arg(side)
             .arg(force)
-            .arg(graves_ttl);
+            .arg(graves_ttl)
+            .arg(keys.has_meta());
         for h in &holders {
             inv.arg(h);
         }

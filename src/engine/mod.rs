@@ -37,6 +37,10 @@ pub(crate) use lease::renew_once;
 /// for signals; keeping them lets Python and Rust processes share a primitive.
 pub(crate) const PERMIT_TOKEN: &str = "42";
 pub(crate) const SIGNAL_TOKEN: &str = "1";
+/// The token of the gate that requests for several permits take in turn.
+pub(crate) const GATE_TOKEN: &str = "G";
+/// A mutex's first fencing token.
+const FIRST_FENCE: &str = "1";
 
 /// How long a reclaimed holder's list is still swept for a blocking move that was already
 /// on the server when it was reclaimed. Must exceed the longest blocking wait.
@@ -59,6 +63,10 @@ pub(crate) enum Kind {
     Semaphore,
     /// Signals: given back to the head (the next waiter gets it), no TTL on the pool.
     Event,
+    /// One fenced token: its value grows by one each time it is given back, so that every
+    /// grant carries a number greater than all before. Its keys never expire (the fence
+    /// must survive idle periods), and it is never handed over locally.
+    Mutex,
 }
 
 /// Tuning that a builder passes down.
@@ -225,6 +233,20 @@ impl<R: Runtime> Engine<R> {
         self.cfg.kind == Kind::Semaphore
     }
 
+    /// Whether tokens carry fencing numbers (a mutex).
+    pub(crate) fn is_fenced(&self) -> bool {
+        self.cfg.kind == Kind::Mutex
+    }
+
+    /// The token a new pool is filled with.
+    pub(crate) fn first_token(&self) -> &'static str {
+        if self.is_fenced() {
+            FIRST_FENCE
+        } else {
+            PERMIT_TOKEN
+        }
+    }
+
     /// The lease, in ms.
     pub(crate) fn ttl_ms(&self) -> u64 {
         self.cfg.lease.as_millis() as u64
@@ -253,7 +275,7 @@ impl<R: Runtime> Engine<R> {
     /// Which end of the pool a token goes back to.
     pub(crate) fn give_back_side(&self) -> &'static str {
         match self.cfg.kind {
-            Kind::Semaphore => "RIGHT",
+            Kind::Semaphore | Kind::Mutex => "RIGHT",
             Kind::Event => "LEFT",
         }
     }

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::connection::not_executed;
 use crate::runtime::Runtime;
-use crate::scripts::{GIVE_BACK, TAKE};
+use crate::scripts::{Taken, GIVE_BACK, TAKE};
 use crate::trace::trace_event;
 use crate::{Error, Result};
 
@@ -108,21 +108,17 @@ impl<R: Runtime> Engine<R> {
         for attempt in 0..LEASE_RETRIES {
             let gen = self.reserve_gen().await?;
             let mut conn = self.conn.clone();
-            let (pool, held_key, leases) = (
-                self.cfg.keys.pool.clone(),
-                gen.held_key.clone(),
-                self.cfg.keys.leases.clone(),
-            );
-            let (id, ttl) = (gen.id.clone(), self.held_ttl_ms());
-            let call = async move {
-                TAKE.key(pool)
-                    .key(held_key)
-                    .key(leases)
-                    .arg(id)
-                    .arg(ttl)
-                    .invoke_async::<i64>(&mut conn)
-                    .await
-            };
+            let keys = &self.cfg.keys;
+            let mut inv = TAKE.prepare_invoke();
+            inv.key(&keys.pool)
+                .key(&gen.held_key)
+                .key(&keys.leases)
+                .key(&keys.gate)
+                .key(keys.meta_or_pool())
+                .arg(&gen.id)
+                .arg(self.held_ttl_ms())
+                .arg(keys.has_meta());
+            let call = async move { inv.invoke_async::<Taken>(&mut conn).await };
             let (engine, g) = (self.clone(), gen.clone());
             let reply = Detachable::new(self.rt.clone(), call, move |reply| {
                 // The caller is gone: a token taken for it goes back.
@@ -174,11 +170,11 @@ impl<R: Runtime> Engine<R> {
     fn settle_take(
         self: &Arc<Self>,
         gen: &Arc<Generation>,
-        reply: RedisResult<i64>,
+        reply: RedisResult<Taken>,
     ) -> Result<Option<Held<R>>> {
         let out = match reply {
-            Ok(1) => {
-                let held = Held::new(self.clone(), gen.clone(), 0);
+            Ok(Taken::Token(token)) => {
+                let held = Held::new(self.clone(), gen.clone(), 0).with_token(&token);
                 if self.lose_if_expired(gen) {
                     // The reply came too late to trust the lease: give the token back.
                     drop(held);
@@ -187,11 +183,11 @@ impl<R: Runtime> Engine<R> {
                     Ok(Some(held))
                 }
             }
-            Ok(-1) => {
+            Ok(Taken::LeaseGone) => {
                 self.lose(gen);
                 Err(Error::LeaseLost)
             }
-            Ok(_) => Ok(None),
+            Ok(Taken::Empty) => Ok(None),
             Err(e) => {
                 // An error reply means the script ran and failed before its first write;
                 // any other error may have lost the reply of a script that ran.
@@ -330,8 +326,8 @@ impl<R: Runtime> Engine<R> {
                 }
             };
             match reply {
-                Ok(Some(_)) => {
-                    let held = Held::new(self.clone(), gen.clone(), 0);
+                Ok(Some(token)) => {
+                    let held = Held::new(self.clone(), gen.clone(), 0).with_token(&token);
                     gen.end_call();
                     conn = Some(c);
                     failures = 0;
@@ -600,6 +596,8 @@ impl<R: Runtime> Engine<R> {
         let limit = match self.cfg.kind {
             Kind::Semaphore => self.cfg.handoff_limit,
             Kind::Event => u32::MAX,
+            // A fence grows only through Redis.
+            Kind::Mutex => 0,
         };
         if held.handoffs >= limit || !held.gen.is_usable() || !self.is_current(&held.gen) {
             return Some(held);
@@ -622,19 +620,18 @@ impl<R: Runtime> Engine<R> {
         // Even for a lost lease the move is attempted: a blocking move that landed after the
         // reclaim left a token there that belongs to nobody.
         let mut conn = self.conn.clone();
-        let (pool, held_key) = (self.cfg.keys.pool.clone(), gen.held_key.clone());
-        let ttl = self.key_ttl_ms();
-        let side = self.give_back_side();
+        let keys = &self.cfg.keys;
+        let mut inv = GIVE_BACK.prepare_invoke();
+        inv.key(&keys.pool)
+            .key(&gen.held_key)
+            .key(&keys.gate)
+            .key(keys.meta_or_pool())
+            .arg(self.key_ttl_ms())
+            .arg(self.give_back_side())
+            .arg(keys.has_meta())
+            .arg(1);
         gen.begin_call();
-        let call = async move {
-            GIVE_BACK
-                .key(pool)
-                .key(held_key)
-                .arg(ttl)
-                .arg(side)
-                .invoke_async::<i64>(&mut conn)
-                .await
-        };
+        let call = async move { inv.invoke_async::<i64>(&mut conn).await };
         let (engine, g) = (self.clone(), gen.clone());
         let call = Detachable::new(self.rt.clone(), call, move |reply| {
             if let Err(e @ Error::Redis(_)) = engine.settle_give_back(&g, reply) {

@@ -5,7 +5,28 @@
 
 use std::sync::LazyLock;
 
-use redis::Script;
+use redis::{FromRedisValue, ParsingError, Script, Value};
+
+/// The reply of [`TAKE`].
+#[derive(Debug)]
+pub(crate) enum Taken {
+    /// The token taken (a mutex's is its fence).
+    Token(String),
+    /// The pool was empty, or a request for several permits holds the gate.
+    Empty,
+    /// The holder's lease is gone or expired.
+    LeaseGone,
+}
+
+impl FromRedisValue for Taken {
+    fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
+        match v {
+            Value::Int(-1) => Ok(Taken::LeaseGone),
+            Value::Int(_) | Value::Nil => Ok(Taken::Empty),
+            other => Ok(Taken::Token(String::from_redis_value(other)?)),
+        }
+    }
+}
 
 /// Helpers shared by every script.
 const PRELUDE: &str = r#"
@@ -13,16 +34,47 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
--- Extends a key's TTL to at least `ms`, never shortens it; leaves absent keys alone.
+-- Extends a key's TTL to at least `ms`, never shortens it; leaves absent keys alone, and
+-- every key alone when `ms` is 0 (keys that never expire).
 local function keep(key, ms)
+  if ms <= 0 then return end
   local t = redis.call('PTTL', key)
   if t == -1 or (t >= 0 and t < ms) then redis.call('PEXPIRE', key, ms) end
 end
--- Moves every element of `from` into `to` (pushed on `side`); returns how many.
-local function drain(from, to, side)
+-- Puts back one token `t` a holder gave up: the gate token (`G`) to the gate list; a
+-- permit owed to a lowered count (`debt`) nowhere; a fenced token (a mutex's) as the next
+-- fence, so that every grant carries a number greater than all before; any other token
+-- to the pool, on `side`. `meta` is '' for primitives without metadata (events).
+-- Returns 1 for a permit (or signal) put back or destroyed, 0 for the gate token.
+local function put(t, pool, gate, meta, side)
+  if t == 'G' then
+    redis.call('RPUSH', gate, t)
+    return 0
+  end
+  if meta ~= '' then
+    local f = redis.call('HMGET', meta, 'debt', 'fenced')
+    if f[1] and tonumber(f[1]) > 0 then
+      redis.call('HINCRBY', meta, 'debt', -1)
+      return 1
+    end
+    if f[2] == '1' then t = tostring(redis.call('HINCRBY', meta, 'fence', 1)) end
+  end
+  if side == 'LEFT' then redis.call('LPUSH', pool, t) else redis.call('RPUSH', pool, t) end
+  return 1
+end
+-- Puts back every token of `from` (see `put`); returns how many permits went back.
+local function drain(from, pool, gate, meta, side)
   local n = 0
-  while redis.call('LMOVE', from, to, 'LEFT', side) do n = n + 1 end
-  return n
+  while true do
+    local t = redis.call('LPOP', from)
+    if not t then return n end
+    n = n + put(t, pool, gate, meta, side)
+  end
+end
+-- True while a request for several permits holds the gate (see `TAKE_MANY`): single
+-- grants then wait their turn instead of taking the fast path.
+local function gate_taken(gate, meta)
+  return meta ~= '' and redis.call('LLEN', gate) == 0 and redis.call('HEXISTS', meta, 'gate') == 1
 end
 "#;
 
@@ -49,32 +101,53 @@ fn script(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}{body}"))
 }
 
-/// Fast path: take one token into the holder's list if its lease is valid.
-/// KEYS: pool, held, leases. ARGV: holder, held list TTL in ms (0: none).
-/// Returns 1 taken, 0 pool empty, -1 lease gone or expired.
+/// Fast path: take one token into the holder's list if its lease is valid and no request
+/// for several permits holds the gate.
+/// KEYS: pool, held, leases, gate, meta (or pool when there is none). ARGV: holder, held
+/// list TTL in ms (0: none), has_meta (1/0).
+/// Returns the token taken (a mutex's is its fence), 0 pool empty (or gate held), -1 lease
+/// gone or expired.
 pub(crate) static TAKE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local e = redis.call('ZSCORE', KEYS[3], ARGV[1])
 if not e or tonumber(e) <= now_ms() then return -1 end
-if not redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') then return 0 end
+local meta = ''
+if ARGV[3] == '1' then meta = KEYS[5] end
+if gate_taken(KEYS[4], meta) then return 0 end
+local t = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
+if not t then return 0 end
 local ms = tonumber(ARGV[2])
 if ms > 0 then keep(KEYS[2], ms) end
-return 1
+return t
 "#,
     )
 });
 
-/// Give one token back from the holder's list to the pool.
-/// KEYS: pool, held. ARGV: pool ttl_ms (0: the pool keeps no TTL), side.
-/// Returns 1 given back, 0 the holder's list was empty (reclaimed).
+/// Give up to `n` tokens back from the holder's list (see `put`).
+/// KEYS: pool, held, gate, meta (or pool). ARGV: pool ttl_ms (0: the pool keeps no TTL),
+/// side, has_meta (1/0), n.
+/// Returns how many permits went back: 0 when the holder's list was empty (reclaimed).
 pub(crate) static GIVE_BACK: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-if not redis.call('LMOVE', KEYS[2], KEYS[1], 'LEFT', ARGV[2]) then return 0 end
+local meta = ''
+if ARGV[3] == '1' then meta = KEYS[4] end
+local given = 0
+for _ = 1, tonumber(ARGV[4]) do
+  local t = redis.call('LPOP', KEYS[2])
+  if not t then break end
+  if t == 'G' then
+    -- The gate is not a permit: back to its list, and look for a permit still.
+    put(t, KEYS[1], KEYS[3], meta, ARGV[2])
+    t = redis.call('LPOP', KEYS[2])
+    if not t then break end
+  end
+  given = given + put(t, KEYS[1], KEYS[3], meta, ARGV[2])
+end
 local ms = tonumber(ARGV[1])
-if ms > 0 then keep(KEYS[1], ms) end
-return 1
+if ms > 0 and given > 0 then keep(KEYS[1], ms) end
+return given
 "#,
     )
 });
@@ -97,21 +170,24 @@ return 1
 /// lease they are reclaimed after. Event keys never expire: like a pending signal, a taken
 /// one waits for the next client, however late. The graves set always lives `lease +
 /// grave` past its last change, long enough for every member's final sweep.
-/// KEYS: leases, graves, pool, meta (or pool again), held_1..held_n.
-/// ARGV: lease ms, expiring (1/0), grave_ms, side, holder_1..holder_n.
+/// KEYS: leases, graves, pool, meta (or pool again), gate, held_1..held_n.
+/// ARGV: lease ms, expiring (1/0), grave_ms, side, has_meta (1/0), holder_1..holder_n.
 /// Returns {meta_ok, {status_i (1 renewed, 0 lost)}, {expired holders}, {due graves},
-/// {newest graves}}: at most 64 expired holders and 64 due graves (call `DUE` for the next
-/// batches), and the 16 newest graves, the likeliest to receive a late move.
+/// {newest graves}, count}: at most 64 expired holders and 64 due graves (call `DUE` for
+/// the next batches), the 16 newest graves, the likeliest to receive a late move, and the
+/// count in the metadata (0 when none), so that every handle learns a resize.
 pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local ms = tonumber(ARGV[1])
 local grave = tonumber(ARGV[3])
 local now = now_ms()
+local meta = ''
+if ARGV[5] == '1' then meta = KEYS[4] end
 local status = {}
-for i = 1, #ARGV - 4 do
-  local h = ARGV[4 + i]
-  local held = KEYS[4 + i]
+for i = 1, #ARGV - 5 do
+  local h = ARGV[5 + i]
+  local held = KEYS[5 + i]
   local e = redis.call('ZSCORE', KEYS[1], h)
   if e and tonumber(e) > now then
     redis.call('ZADD', KEYS[1], 'XX', now + ms, h)
@@ -119,7 +195,7 @@ for i = 1, #ARGV - 4 do
     status[i] = 1
   else
     if e then
-      drain(held, KEYS[3], ARGV[4])
+      drain(held, KEYS[3], KEYS[5], meta, ARGV[4])
       redis.call('ZREM', KEYS[1], h)
       redis.call('ZADD', KEYS[2], now + grave, h)
     end
@@ -131,13 +207,16 @@ if ARGV[2] == '1' then
   keep(KEYS[1], ms)
   keep(KEYS[3], ms)
   keep(KEYS[4], ms)
+  keep(KEYS[5], ms)
   if redis.call('HEXISTS', KEYS[4], 'count') == 0 then meta_ok = 0 end
 end
+local count = 0
+if meta ~= '' then count = tonumber(redis.call('HGET', meta, 'count') or '0') end
 keep(KEYS[2], ms + grave)
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 64)
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 64)
 local newest = redis.call('ZREVRANGEBYSCORE', KEYS[2], '+inf', '(' .. now, 'LIMIT', 0, 16)
-return {meta_ok, status, expired, due, newest}
+return {meta_ok, status, expired, due, newest, count}
 "#,
     )
 });
@@ -159,8 +238,9 @@ return {expired, due}
 /// their lease), then watch their lists as "graves" for a while, so that a blocking move
 /// still in flight for them when they were reclaimed is given back too. A grave past its
 /// time gets a last sweep and is removed.
-/// KEYS: leases, graves, pool, held_1..held_n. ARGV: key TTL ms (0: none), grave_ms,
-/// side, force, graves TTL ms, holder_1..holder_n. Returns how many tokens went back.
+/// KEYS: leases, graves, pool, gate, meta (or pool), held_1..held_n. ARGV: key TTL ms
+/// (0: none), grave_ms, side, force, graves TTL ms, has_meta (1/0), holder_1..holder_n.
+/// Returns how many permits (or signals) went back; a gate token goes back to the gate.
 pub(crate) static RECLAIM: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -168,21 +248,23 @@ local ms = tonumber(ARGV[1])
 local grave = tonumber(ARGV[2])
 local force = tonumber(ARGV[4])
 local now = now_ms()
+local meta = ''
+if ARGV[6] == '1' then meta = KEYS[5] end
 local moved = 0
-for i = 1, #ARGV - 5 do
-  local h = ARGV[5 + i]
-  local held = KEYS[3 + i]
+for i = 1, #ARGV - 6 do
+  local h = ARGV[6 + i]
+  local held = KEYS[5 + i]
   local e = redis.call('ZSCORE', KEYS[1], h)
   if e then
     if i <= force or tonumber(e) <= now then
-      moved = moved + drain(held, KEYS[3], ARGV[3])
+      moved = moved + drain(held, KEYS[3], KEYS[4], meta, ARGV[3])
       redis.call('ZREM', KEYS[1], h)
       redis.call('ZADD', KEYS[2], now + grave, h)
     end
   else
     local g = redis.call('ZSCORE', KEYS[2], h)
     if g then
-      moved = moved + drain(held, KEYS[3], ARGV[3])
+      moved = moved + drain(held, KEYS[3], KEYS[4], meta, ARGV[3])
       if tonumber(g) <= now then redis.call('ZREM', KEYS[2], h) end
     end
   end
@@ -198,8 +280,11 @@ return moved
 /// held: the permits recorded in holders' lists are subtracted.
 /// With `strict` (`KeyLayout::Redsync2`, whose peers record no holders), a pool left
 /// without its metadata is not touched.
-/// KEYS: meta, pool, leases, held_1..held_n (the lease holders seen by the caller).
-/// ARGV: count, token, ttl_ms, strict (1/0), holder_1..holder_n.
+/// On creation it also creates the gate of requests for several permits (`G` in the gate
+/// list), and for a mutex (`fenced`) its fence counter, the pool's token being the first
+/// fence; a pool created by an earlier version gets its gate on the next call.
+/// KEYS: meta, pool, leases, gate, held_1..held_n (the lease holders seen by the caller).
+/// ARGV: count, token, ttl_ms, strict (1/0), fenced (1/0), holder_1..holder_n.
 /// Returns the count in Redis, -1 when the holders changed meanwhile (call again), or -2
 /// when `strict` and the pool exists without metadata.
 pub(crate) static INIT: LazyLock<Script> = LazyLock::new(|| {
@@ -208,17 +293,22 @@ pub(crate) static INIT: LazyLock<Script> = LazyLock::new(|| {
 local ms = tonumber(ARGV[3])
 local c = redis.call('HGET', KEYS[1], 'count')
 if c then
+  if redis.call('HSETNX', KEYS[1], 'gate', 1) == 1 then redis.call('RPUSH', KEYS[4], 'G') end
   keep(KEYS[1], ms)
   keep(KEYS[2], ms)
+  keep(KEYS[4], ms)
   return tonumber(c)
 end
 if ARGV[4] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return -2 end
-local members = #ARGV - 4
+local members = #ARGV - 5
 if redis.call('ZCARD', KEYS[3]) ~= members then return -1 end
 local held = 0
 for i = 1, members do
-  if not redis.call('ZSCORE', KEYS[3], ARGV[4 + i]) then return -1 end
-  held = held + redis.call('LLEN', KEYS[3 + i])
+  if not redis.call('ZSCORE', KEYS[3], ARGV[5 + i]) then return -1 end
+  local n = redis.call('LLEN', KEYS[4 + i])
+  -- The gate token is not a permit.
+  n = n - #redis.call('LPOS', KEYS[4 + i], 'G', 'COUNT', 0)
+  held = held + n
 end
 local count = tonumber(ARGV[1])
 local want = math.max(count - held, 0)
@@ -231,9 +321,20 @@ elseif free > want then
   if want == 0 then redis.call('DEL', KEYS[2]) else redis.call('LTRIM', KEYS[2], 0, want - 1) end
 end
 redis.call('HSET', KEYS[1], 'count', count)
+if ARGV[5] == '1' then redis.call('HSET', KEYS[1], 'fenced', 1, 'fence', ARGV[2]) end
+redis.call('HDEL', KEYS[1], 'debt')
+-- A gate held by a live holder stays with it; otherwise there is one in the gate list.
+local gate_held = false
+for i = 1, members do
+  if redis.call('LPOS', KEYS[4 + i], 'G') then gate_held = true end
+end
+redis.call('DEL', KEYS[4])
+if not gate_held then redis.call('RPUSH', KEYS[4], 'G') end
+redis.call('HSET', KEYS[1], 'gate', 1)
 keep(KEYS[1], ms)
 keep(KEYS[2], ms)
 keep(KEYS[3], ms)
+keep(KEYS[4], ms)
 return count
 "#,
     )
