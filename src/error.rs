@@ -180,6 +180,23 @@ pub enum Invalid {
     /// builder of one of its primitives (the coordinator's applies to all of them).
     #[error("{0} is a setting of the Coordinator: set it on the CoordinatorBuilder")]
     CoordinatorSetting(&'static str),
+    /// A request for `n` permits with `n` zero or above the semaphore's count (it could
+    /// never be granted).
+    #[error("cannot acquire {n} permits of a semaphore of {count}: ask for 1..={count}")]
+    PermitsOutOfRange {
+        /// Permits asked for.
+        n: u32,
+        /// The semaphore's count.
+        count: u32,
+    },
+    /// `extend` on a permit that has no hard lease of its own (only permits from
+    /// `acquire_with_lease` have one; the others' lease is renewed for them).
+    #[error("extend applies to permits from acquire_with_lease only")]
+    NotHardLease,
+    /// A setting that the layout of the keys cannot support, e.g. resizing a semaphore
+    /// shared with redsync 2.0 processes (they know nothing of a lowered count).
+    #[error("{0} is not supported with KeyLayout::Redsync2 (redsync 2.0 peers would ignore it)")]
+    NotWithRedsync2(&'static str),
     /// A cluster was given no seed node, or one that is not a valid address.
     #[error("invalid cluster seed nodes: {0}")]
     SeedNodes(String),

@@ -86,7 +86,10 @@ async fn init_lua_with<R: Runtime>(
     let keys = &engine.cfg.keys;
     let mut conn = engine.conn.clone();
     let mut inv = INIT.prepare_invoke();
-    inv.key(meta).key(&keys.pool).key(&keys.leases).key(&keys.gate);
+    inv.key(meta)
+        .key(&keys.pool)
+        .key(&keys.leases)
+        .key(&keys.gate);
     for h in holders {
         inv.key(keys.held(h));
     }
@@ -156,8 +159,11 @@ async fn init_optimistic<R: Runtime>(engine: &Arc<Engine<R>>, count: u32) -> Res
         tx.hset(meta, "fence", engine.first_token()).ignore();
     }
     if free < want {
-        tx.rpush(&keys.pool, vec![engine.first_token(); (want - free) as usize])
-            .ignore();
+        tx.rpush(
+            &keys.pool,
+            vec![engine.first_token(); (want - free) as usize],
+        )
+        .ignore();
     } else if free > want {
         if want == 0 {
             tx.del(&keys.pool).ignore();

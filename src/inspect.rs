@@ -155,18 +155,18 @@ where
     // The first page comes with the rest: one request for up to `page` holders.
     let ((secs, micros), (count, debt, fence), free, first_free, total, mut leases): Head =
         redis::pipe()
-        .cmd("TIME")
-        .cmd("HMGET")
-        .arg(meta)
-        .arg("count")
-        .arg("debt")
-        .arg("fence")
-        .llen(&keys.pool)
-        .lindex(&keys.pool, 0)
-        .zcard(&keys.leases)
-        .zrange_withscores(&keys.leases, 0, page.min(cap) as isize - 1)
-        .query_async(conn)
-        .await?;
+            .cmd("TIME")
+            .cmd("HMGET")
+            .arg(meta)
+            .arg("count")
+            .arg("debt")
+            .arg("fence")
+            .llen(&keys.pool)
+            .lindex(&keys.pool, 0)
+            .zcard(&keys.leases)
+            .zrange_withscores(&keys.leases, 0, page.min(cap) as isize - 1)
+            .query_async(conn)
+            .await?;
     let now_ms = secs * 1000 + micros / 1000;
     let mut holders = Vec::with_capacity(total.min(cap));
     // A holder renewed while the pages are read moves towards the end: never list it twice.
@@ -214,11 +214,7 @@ where
             .await?;
     }
     // A free mutex's pool holds the next fence; a held one's, nothing.
-    let next_fence = fence.map(|last| {
-        first_free
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(last)
-    });
+    let next_fence = fence.map(|last| first_free.and_then(|t| t.parse().ok()).unwrap_or(last));
     Ok(SemaphoreState {
         count,
         free,

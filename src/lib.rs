@@ -18,6 +18,7 @@ mod permit;
 mod runtime;
 mod scripts;
 mod semaphore;
+mod semaphore_more;
 mod stats;
 mod sync;
 mod trace;
@@ -28,11 +29,11 @@ pub use event::{Event, EventBuilder, DEFAULT_EVENT_PREFIX};
 pub use init::InitStrategy;
 pub use inspect::{HolderState, SemaphoreState};
 pub use keys::KeyLayout;
+pub use mutex::{Mutex, MutexBuilder, MutexGuard, DEFAULT_MUTEX_PREFIX};
 pub use options::{
     DEFAULT_COORDINATOR_BLOCKING_CONNECTIONS, DEFAULT_LEASE_TTL, DEFAULT_LOCAL_HANDOFF_LIMIT,
     DEFAULT_MAX_BLOCKING_CONNECTIONS, DEFAULT_RESPONSE_TIMEOUT,
 };
-pub use mutex::{Mutex, MutexBuilder, MutexGuard, DEFAULT_MUTEX_PREFIX};
 pub use permit::{LeaseLostFuture, Permit};
 #[cfg(feature = "async-std")]
 pub use runtime::AsyncStd;
@@ -42,6 +43,7 @@ pub use runtime::Smol;
 #[cfg(feature = "tokio")]
 pub use runtime::Tokio;
 pub use semaphore::{Semaphore, SemaphoreBuilder, DEFAULT_SEMAPHORE_PREFIX};
+pub use semaphore_more::Permits;
 pub use stats::Stats;
 
 // Re-exported so users need not depend on the same `redis` version themselves.
@@ -84,6 +86,17 @@ macro_rules! runtime_aliases {
         /// # Ok(()) }
         /// ```
         pub type Permit = crate::Permit<$rt>;
+        #[doc = concat!("[`Permits`](crate::Permits) on ", $name, ".")]
+        ///
+        /// # Examples
+        ///
+        /// ```no_run
+        /// # #[cfg(feature = "tokio")]
+        /// # async fn demo(sem: redis_sync::tokio::Semaphore) -> redis_sync::Result<()> {
+        /// let permits: redis_sync::tokio::Permits = sem.acquire_many(2).await?;
+        /// # Ok(()) }
+        /// ```
+        pub type Permits = crate::Permits<$rt>;
         #[doc = concat!("[`Event`](crate::Event) on ", $name, ".")]
         ///
         /// # Examples

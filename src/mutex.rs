@@ -477,21 +477,15 @@ impl<R: Runtime> MutexBuilder<R> {
         let ready = async {
             let actual = init::ensure_pool(&engine, 1).await?;
             let meta = engine.cfg.keys.meta_or_pool().to_owned();
-            let fenced: Option<String> = redis::AsyncCommands::hget(
-                &mut engine.conn.clone(),
-                &meta,
-                "fenced",
-            )
-            .await?;
+            let fenced: Option<String> =
+                redis::AsyncCommands::hget(&mut engine.conn.clone(), &meta, "fenced").await?;
             if actual != 1 || fenced.as_deref() != Some("1") {
                 return Err(Error::WrongType {
                     key: meta,
                     found: "a semaphore's metadata".to_owned(),
                 });
             }
-            engine
-                .count
-                .store(1, std::sync::atomic::Ordering::Release);
+            engine.count.store(1, std::sync::atomic::Ordering::Release);
             engine.current_gen().await.map(drop)
         };
         match ready.await {

@@ -42,6 +42,40 @@ impl<R: Runtime> Permit<R> {
         self.held.fence
     }
 
+    pub(crate) fn into_held(self) -> Held<R> {
+        self.held
+    }
+
+    /// Pushes back the end of this permit's **hard lease** to at least `lease` from now
+    /// (never shortens it). Only for permits from
+    /// [`Semaphore::acquire_with_lease`](crate::Semaphore::acquire_with_lease): the others'
+    /// lease is renewed for them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LeaseLost`](crate::Error::LeaseLost) when the lease had already run out
+    /// (the permit is reclaimed, or about to be); [`Error::InvalidArgument`](crate::Error::InvalidArgument)
+    /// for a permit without a hard lease or a lease outside 100 ms..=30 days;
+    /// [`Error::Redis`](crate::Error::Redis).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: if dropped, the lease is extended or not; the permit's loss deadline
+    /// only moves on a reply.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn demo(sem: redis_sync::Semaphore<redis_sync::Tokio>) -> redis_sync::Result<()> {
+    /// let permit = sem.acquire_with_lease(Duration::from_secs(10)).await?;
+    /// permit.extend(Duration::from_secs(10)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn extend(&self, lease: std::time::Duration) -> Result<()> {
+        self.held.engine.extend(&self.held.gen, lease).await
+    }
+
     /// Gives the permit back and reports the outcome.
     ///
     /// # Errors
@@ -147,10 +181,7 @@ impl<R: Runtime> Permit<R> {
     /// # Ok(()) }
     /// ```
     pub fn lost(&self) -> LeaseLostFuture {
-        LeaseLostFuture {
-            signal: self.held.gen.lost_signal(),
-            _gen: self.held.gen.clone(),
-        }
+        LeaseLostFuture::of(&self.held.gen)
     }
 
     /// The holder id this permit is recorded under in Redis (see
@@ -186,6 +217,15 @@ pub struct LeaseLostFuture {
     // Keeps the sender alive: the future resolves on a loss, never because the permit's
     // generation was dropped after its release.
     _gen: std::sync::Arc<crate::engine::Generation>,
+}
+
+impl LeaseLostFuture {
+    pub(crate) fn of(gen: &std::sync::Arc<crate::engine::Generation>) -> Self {
+        LeaseLostFuture {
+            signal: gen.lost_signal(),
+            _gen: gen.clone(),
+        }
+    }
 }
 
 impl Future for LeaseLostFuture {

@@ -123,7 +123,12 @@ impl<R: Runtime> Semaphore<R> {
         }
     }
 
-    /// The number of permits (redsync's `get_count`), known since `create`/`attach`.
+    pub(crate) fn engine(&self) -> &Arc<Engine<R>> {
+        &self.engine
+    }
+
+    /// The number of permits (redsync's `get_count`), known since `create`/`attach`, and
+    /// kept up to date with resizes (see [`Semaphore::set_count`]).
     ///
     /// # Examples
     ///

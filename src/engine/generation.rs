@@ -27,6 +27,9 @@ pub(crate) struct Generation {
     pub id: String,
     /// The key of its held list.
     pub held_key: String,
+    /// Its lease is one permit's hard lease: never renewed by the watchdog, only by
+    /// `Permit::extend`.
+    pub hard: bool,
     lost: AtomicBool,
     /// Dirty and retired flags and two counts in one word, so that retiring (dirty, nothing
     /// outstanding, nothing in flight) and reserving a call for a new grant can never
@@ -51,6 +54,7 @@ impl Generation {
         Generation {
             id,
             held_key,
+            hard: false,
             lost: AtomicBool::new(false),
             word: AtomicU64::new(0),
             expires_by: Mutex::new(expires_by),

@@ -30,7 +30,8 @@ fn live_gens<R: Runtime>(engine: &Engine<R>) -> Vec<Arc<Generation>> {
         .state()
         .gens
         .iter()
-        .filter(|g| !g.is_lost() && !g.is_retired())
+        // A hard lease is never renewed: it runs out unless its holder extends it.
+        .filter(|g| !g.is_lost() && !g.is_retired() && !g.hard)
         .cloned()
         .collect()
 }

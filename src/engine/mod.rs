@@ -7,10 +7,12 @@
 
 mod detached;
 mod generation;
+mod hard;
 mod held;
 mod lease;
 #[cfg(all(test, redis_sync_loom))]
 mod loom_tests;
+mod many;
 mod queue;
 mod waiters;
 
@@ -30,8 +32,10 @@ use crate::{Error, Result};
 
 pub(crate) use detached::Detachable;
 pub(crate) use generation::{Generation, LostSignal};
+pub(crate) use hard::check_lease;
 pub(crate) use held::Held;
 pub(crate) use lease::renew_once;
+pub(crate) use many::HeldMany;
 
 /// The token stored for each permit or signal. redsync 2.0 uses `42` for permits and `1`
 /// for signals; keeping them lets Python and Rust processes share a primitive.

@@ -150,7 +150,7 @@ impl<R: Runtime> Engine<R> {
     /// The current generation with a call reserved on it (see
     /// [`Generation::try_reserve`]): a generation cannot be retired between being chosen
     /// and being used.
-    async fn reserve_gen(self: &Arc<Self>) -> Result<Arc<Generation>> {
+    pub(super) async fn reserve_gen(self: &Arc<Self>) -> Result<Arc<Generation>> {
         loop {
             let gen = self.current_gen().await?;
             // A lease whose loss deadline passed (its renewal or its REGISTER reply came
@@ -629,7 +629,8 @@ impl<R: Runtime> Engine<R> {
             .arg(self.key_ttl_ms())
             .arg(self.give_back_side())
             .arg(keys.has_meta())
-            .arg(1);
+            .arg(1)
+            .arg(0);
         gen.begin_call();
         let call = async move { inv.invoke_async::<i64>(&mut conn).await };
         let (engine, g) = (self.clone(), gen.clone());

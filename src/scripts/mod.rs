@@ -89,6 +89,12 @@ pub(crate) async fn load_all(conn: &crate::connection::Conn) -> redis::RedisResu
         &*DUE,
         &*RECLAIM,
         &*INIT,
+        &*TAKE_MANY,
+        &*TAKE_SOME,
+        &*GIVE_GATE,
+        &*RESIZE,
+        &*HARDEN,
+        &*EXTEND,
     ];
     let loads = scripts.map(|s| {
         let mut conn = conn.clone();
@@ -124,9 +130,11 @@ return t
     )
 });
 
-/// Give up to `n` tokens back from the holder's list (see `put`).
+/// Give up to `n` permits back from the holder's list (see `put`), and with `gate` the
+/// gate too. The gate token is never given back by mistake: a request of the same holder
+/// may be collecting under it.
 /// KEYS: pool, held, gate, meta (or pool). ARGV: pool ttl_ms (0: the pool keeps no TTL),
-/// side, has_meta (1/0), n.
+/// side, has_meta (1/0), n, gate (1/0).
 /// Returns how many permits went back: 0 when the holder's list was empty (reclaimed).
 pub(crate) static GIVE_BACK: LazyLock<Script> = LazyLock::new(|| {
     script(
@@ -134,16 +142,20 @@ pub(crate) static GIVE_BACK: LazyLock<Script> = LazyLock::new(|| {
 local meta = ''
 if ARGV[3] == '1' then meta = KEYS[4] end
 local given = 0
-for _ = 1, tonumber(ARGV[4]) do
+local seen_gate = false
+while given < tonumber(ARGV[4]) do
   local t = redis.call('LPOP', KEYS[2])
   if not t then break end
   if t == 'G' then
-    -- The gate is not a permit: back to its list, and look for a permit still.
-    put(t, KEYS[1], KEYS[3], meta, ARGV[2])
-    t = redis.call('LPOP', KEYS[2])
-    if not t then break end
+    redis.call('RPUSH', KEYS[2], t)
+    if seen_gate then break end
+    seen_gate = true
+  else
+    given = given + put(t, KEYS[1], KEYS[3], meta, ARGV[2])
   end
-  given = given + put(t, KEYS[1], KEYS[3], meta, ARGV[2])
+end
+if ARGV[5] == '1' and redis.call('LREM', KEYS[2], 1, 'G') == 1 then
+  redis.call('RPUSH', KEYS[3], 'G')
 end
 local ms = tonumber(ARGV[1])
 if ms > 0 and given > 0 then keep(KEYS[1], ms) end
@@ -336,6 +348,147 @@ keep(KEYS[2], ms)
 keep(KEYS[3], ms)
 keep(KEYS[4], ms)
 return count
+"#,
+    )
+});
+
+/// Fast path of a request for `n` permits: all of them, or none, and only while no other
+/// request for several holds the gate.
+/// KEYS: pool, held, leases, gate, meta. ARGV: holder, held list TTL ms (0: none), n.
+/// Returns n taken, 0 not now, -1 lease gone or expired.
+pub(crate) static TAKE_MANY: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local e = redis.call('ZSCORE', KEYS[3], ARGV[1])
+if not e or tonumber(e) <= now_ms() then return -1 end
+if gate_taken(KEYS[4], KEYS[5]) then return 0 end
+local n = tonumber(ARGV[3])
+if redis.call('LLEN', KEYS[1]) < n then return 0 end
+for _ = 1, n do redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') end
+local ms = tonumber(ARGV[2])
+if ms > 0 then keep(KEYS[2], ms) end
+return n
+"#,
+    )
+});
+
+/// Takes the gate into the holder's list if it is free now, and up to `want` free permits
+/// with it (a request for several permits that holds the gate may take them one by one:
+/// nobody else takes the fast path meanwhile). A pool of an earlier version gets its gate
+/// first.
+/// KEYS: pool, held, leases, gate, meta. ARGV: holder, held list TTL ms (0: none),
+/// take_gate (1/0), want.
+/// Returns {gate taken (1/0), permits taken}, or -1 when the lease is gone or expired.
+pub(crate) static TAKE_SOME: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local e = redis.call('ZSCORE', KEYS[3], ARGV[1])
+if not e or tonumber(e) <= now_ms() then return -1 end
+if redis.call('HEXISTS', KEYS[5], 'count') == 1 and redis.call('HSETNX', KEYS[5], 'gate', 1) == 1 then
+  redis.call('RPUSH', KEYS[4], 'G')
+end
+local gate = 0
+if ARGV[3] == '1' then
+  if not redis.call('LMOVE', KEYS[4], KEYS[2], 'LEFT', 'RIGHT') then return {0, 0} end
+  gate = 1
+end
+local n = 0
+for _ = 1, tonumber(ARGV[4]) do
+  if not redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') then break end
+  n = n + 1
+end
+local ms = tonumber(ARGV[2])
+if ms > 0 then keep(KEYS[2], ms) end
+return {gate, n}
+"#,
+    )
+});
+
+/// Gives the gate back from the holder's list. KEYS: held, gate. ARGV: gate TTL ms (0:
+/// none). Returns 1, or 0 when it was not there (the holder was reclaimed).
+pub(crate) static GIVE_GATE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if redis.call('LREM', KEYS[1], 1, 'G') == 0 then return 0 end
+redis.call('RPUSH', KEYS[2], 'G')
+keep(KEYS[2], tonumber(ARGV[1]))
+return 1
+"#,
+    )
+});
+
+/// Changes the permit count. Raising it cancels pending destruction first, then adds free
+/// permits; lowering it removes free permits, and what it cannot remove (permits held now)
+/// is destroyed as they come back (`debt`): a held permit is never revoked.
+/// KEYS: meta, pool. ARGV: 'set' or 'add', n (may be negative for 'add'), token, ttl ms.
+/// Returns the new count, -1 out of 1..=4096, -2 no such semaphore.
+pub(crate) static RESIZE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local c = redis.call('HGET', KEYS[1], 'count')
+if not c then return -2 end
+c = tonumber(c)
+local target = tonumber(ARGV[2])
+if ARGV[1] == 'add' then target = c + target end
+if target < 1 or target > 4096 then return -1 end
+local debt = tonumber(redis.call('HGET', KEYS[1], 'debt') or '0')
+if target > c then
+  local k = target - c
+  local cancel = math.min(k, debt)
+  debt = debt - cancel
+  k = k - cancel
+  if k > 0 then
+    local t = {}
+    for i = 1, k do t[i] = ARGV[3] end
+    redis.call('RPUSH', KEYS[2], unpack(t))
+  end
+elseif target < c then
+  local k = c - target
+  while k > 0 and redis.call('LPOP', KEYS[2]) do k = k - 1 end
+  debt = debt + k
+end
+redis.call('HSET', KEYS[1], 'count', target, 'debt', debt)
+local ms = tonumber(ARGV[4])
+keep(KEYS[1], ms)
+keep(KEYS[2], ms)
+return target
+"#,
+    )
+});
+
+/// Moves one token from a holder's list to a holder of its own whose lease is not renewed
+/// (a permit with a hard lease) and starts that lease.
+/// KEYS: leases, held, hard held. ARGV: holder, hard holder, hard lease ms, held list TTL
+/// ms (0: none). Returns the token, 0 when the list was empty, -1 lease gone or expired.
+pub(crate) static HARDEN: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local now = now_ms()
+local e = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not e or tonumber(e) <= now then return -1 end
+local t = redis.call('LMOVE', KEYS[2], KEYS[3], 'RIGHT', 'RIGHT')
+if not t then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
+local ms = tonumber(ARGV[4])
+if ms > 0 then keep(KEYS[3], ms + tonumber(ARGV[3])) end
+return t
+"#,
+    )
+});
+
+/// Extends a hard lease to at least `ms` from now, never shortening it.
+/// KEYS: leases, held. ARGV: holder, lease ms, held list TTL extra ms (0: none).
+/// Returns 1, or 0 when the lease is gone or expired.
+pub(crate) static EXTEND: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local now = now_ms()
+local e = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not e or tonumber(e) <= now then return 0 end
+redis.call('ZADD', KEYS[1], 'XX', 'GT', now + tonumber(ARGV[2]), ARGV[1])
+local extra = tonumber(ARGV[3])
+if extra > 0 then keep(KEYS[2], tonumber(ARGV[2]) + extra) end
+return 1
 "#,
     )
 });
