@@ -178,16 +178,17 @@ async fn hard_lease<R: Runtime>() {
     let s = sem::<R>(&prefix, 1).await;
     let other = sem::<R>(&prefix, 1).await;
     let p = s
-        .acquire_with_lease(Duration::from_millis(600))
+        .acquire_with_lease(Duration::from_millis(2_000))
         .await
         .unwrap();
     let normal = other.try_acquire().await.unwrap();
     assert!(normal.is_none());
-    // Extended twice: still held after more than its first lease.
-    sleep::<R>(Duration::from_millis(300)).await;
-    p.extend(Duration::from_millis(600)).await.unwrap();
-    sleep::<R>(Duration::from_millis(300)).await;
-    p.extend(Duration::from_millis(600)).await.unwrap();
+    // Extended twice: still held after more than its first lease (generous margins: a
+    // loaded machine may wake late).
+    sleep::<R>(Duration::from_millis(1_000)).await;
+    p.extend(Duration::from_millis(2_000)).await.unwrap();
+    sleep::<R>(Duration::from_millis(1_000)).await;
+    p.extend(Duration::from_millis(2_000)).await.unwrap();
     assert!(!p.is_lost());
     // Then it runs out: lost, and the other handle gets the permit.
     p.lost().await;
