@@ -107,6 +107,8 @@ pub(crate) struct Options {
     pub check_eviction: bool,
     /// `check_eviction` was set on the builder (else a coordinator's default applies).
     pub check_eviction_set: bool,
+    /// `create` with another count resizes instead of failing.
+    pub resize: bool,
     /// A setting that does not apply where it was set, reported when the builder runs.
     pub misuse: Option<Invalid>,
 }
@@ -125,6 +127,7 @@ impl Options {
             response_timeout_set: false,
             check_eviction: true,
             check_eviction_set: false,
+            resize: false,
             misuse: None,
         }
     }

@@ -601,6 +601,26 @@ impl<R: Runtime> SemaphoreBuilder<R> {
         self
     }
 
+    /// With `true`, [`create`](Self::create) on a semaphore that exists with another count
+    /// sets its count to the one asked for (see [`Semaphore::set_count`]) instead of
+    /// failing with [`Error::CountMismatch`] (default `false`).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redis_sync::redis::Client) -> redis_sync::Result<()> {
+    /// // Deploying a new limit: the first process to start with it resizes the semaphore.
+    /// let sem = redis_sync::Semaphore::<redis_sync::Tokio>::builder(&client, "jobs")
+    ///     .resize(true)
+    ///     .create(8)
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn resize(mut self, resize: bool) -> Self {
+        self.opts.resize = resize;
+        self
+    }
+
     /// Creates the semaphore with `count` permits or validates that it has that count.
     ///
     /// # Errors
@@ -632,14 +652,21 @@ impl<R: Runtime> SemaphoreBuilder<R> {
                 return Err(e);
             }
         };
-        if actual != count {
+        if actual != count && !self.opts.resize {
             engine.close();
             return Err(Error::CountMismatch {
                 requested: count,
                 actual,
             });
         }
-        Self::ready(engine, count).await
+        let sem = Self::ready(engine, actual).await?;
+        if actual != count {
+            if let Err(e) = sem.set_count(count).await {
+                sem.close();
+                return Err(e);
+            }
+        }
+        Ok(sem)
     }
 
     /// Joins an existing semaphore, waiting up to `timeout` (`None`: forever) for its

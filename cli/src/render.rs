@@ -90,7 +90,21 @@ pub fn state_text(name: &str, state: &SemaphoreState) -> String {
     let _ = writeln!(s, "semaphore {name}");
     let _ = writeln!(s, "count {count}  free {}  held {held}", state.free);
     let _ = writeln!(s, "{} {used}/{count} used", bar(used, count));
-    if held != used {
+    if state.pending_reduction > 0 {
+        let _ = writeln!(
+            s,
+            "count lowered: {} held permits will be destroyed as they come back",
+            state.pending_reduction
+        );
+    }
+    if let Some(holder) = &state.gate_holder {
+        let _ = writeln!(s, "collecting several permits: {holder} (holds the gate)");
+    }
+    if let Some(fence) = state.next_fence {
+        let _ = writeln!(s, "fencing token: next grant gets {fence} or more");
+    }
+    // While a lowered count is pending, more permits are held than the count allows.
+    if held != used && state.pending_reduction == 0 {
         let _ = writeln!(
             s,
             "note: {used} permits out of the pool but {held} recorded as held (in flight, \
