@@ -256,6 +256,20 @@ impl<R: Runtime> Coordinator<R> {
         crate::MutexBuilder::on_context(self.ctx.clone(), name)
     }
 
+    /// A read-write lock named `name` on this coordinator: its builder, then
+    /// [`open`](crate::RwLockBuilder::open).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(sync: redis_sync::Coordinator<redis_sync::Tokio>) -> redis_sync::Result<()> {
+    /// let lock = sync.rwlock("catalog").max_readers(16).open().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn rwlock(&self, name: &str) -> crate::RwLockBuilder<R> {
+        crate::RwLockBuilder::on_context(self.ctx.clone(), name)
+    }
+
     /// Whether it is connected to a Redis Cluster.
     ///
     /// # Examples

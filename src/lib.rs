@@ -16,6 +16,7 @@ mod mutex;
 mod options;
 mod permit;
 mod runtime;
+mod rwlock;
 mod scripts;
 mod semaphore;
 mod semaphore_more;
@@ -42,6 +43,10 @@ pub use runtime::Runtime;
 pub use runtime::Smol;
 #[cfg(feature = "tokio")]
 pub use runtime::Tokio;
+pub use rwlock::{
+    ReadGuard, RwLock, RwLockBuilder, RwLockState, WriteGuard, DEFAULT_MAX_READERS,
+    DEFAULT_RWLOCK_PREFIX,
+};
 pub use semaphore::{Semaphore, SemaphoreBuilder, DEFAULT_SEMAPHORE_PREFIX};
 pub use semaphore_more::Permits;
 pub use stats::Stats;
@@ -152,6 +157,39 @@ macro_rules! runtime_aliases {
         /// # Ok(()) }
         /// ```
         pub type MutexGuard = crate::MutexGuard<$rt>;
+        #[doc = concat!("[`RwLock`](crate::RwLock) on ", $name, ".")]
+        ///
+        /// # Examples
+        ///
+        /// ```no_run
+        /// # async fn demo(client: redis_sync::redis::Client) -> redis_sync::Result<()> {
+        /// # #[cfg(feature = "tokio")]
+        /// let lock = redis_sync::tokio::RwLock::open(&client, "catalog").await?;
+        /// # Ok(()) }
+        /// ```
+        pub type RwLock = crate::RwLock<$rt>;
+        #[doc = concat!("[`ReadGuard`](crate::ReadGuard) on ", $name, ".")]
+        ///
+        /// # Examples
+        ///
+        /// ```no_run
+        /// # #[cfg(feature = "tokio")]
+        /// # async fn demo(lock: redis_sync::tokio::RwLock) -> redis_sync::Result<()> {
+        /// let r: redis_sync::tokio::ReadGuard = lock.read().await?;
+        /// # Ok(()) }
+        /// ```
+        pub type ReadGuard = crate::ReadGuard<$rt>;
+        #[doc = concat!("[`WriteGuard`](crate::WriteGuard) on ", $name, ".")]
+        ///
+        /// # Examples
+        ///
+        /// ```no_run
+        /// # #[cfg(feature = "tokio")]
+        /// # async fn demo(lock: redis_sync::tokio::RwLock) -> redis_sync::Result<()> {
+        /// let w: redis_sync::tokio::WriteGuard = lock.write().await?;
+        /// # Ok(()) }
+        /// ```
+        pub type WriteGuard = crate::WriteGuard<$rt>;
         #[doc = concat!("[`CoordinatorBuilder`](crate::CoordinatorBuilder) on ", $name, ".")]
         ///
         /// # Examples

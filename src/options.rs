@@ -147,7 +147,7 @@ impl Options {
             return invalid(Invalid::NoBlockingConnections);
         }
         let keys = match kind {
-            Kind::Semaphore | Kind::Mutex => {
+            Kind::Semaphore | Kind::Mutex | Kind::RwLock => {
                 Keys::semaphore(&self.key_prefix, &self.name, self.key_layout)?
             }
             Kind::Event => Keys::event(&self.key_prefix, &self.name, self.key_layout)?,

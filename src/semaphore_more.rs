@@ -142,7 +142,7 @@ impl<R: Runtime> Semaphore<R> {
     /// ```
     pub async fn acquire_many(&self, n: u32) -> Result<Permits<R>> {
         Ok(Permits {
-            held: self.engine().take_many(n).await?,
+            held: self.engine().take_many(n, false).await?,
         })
     }
 
@@ -198,7 +198,7 @@ impl<R: Runtime> Semaphore<R> {
     pub async fn try_acquire_many(&self, n: u32) -> Result<Option<Permits<R>>> {
         Ok(self
             .engine()
-            .try_take_many(n)
+            .try_take_many(n, false)
             .await?
             .map(|held| Permits { held }))
     }

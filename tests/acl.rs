@@ -21,7 +21,8 @@ const COMMANDS: &str = "+evalsha +script|load +blmove +client|id +info \
      +lmove +lpush +lpop +rpush +ltrim +llen +del +exists +type +pttl +pexpire \
      +hget +hset +hexists +hmget +hincrby +hsetnx +hdel +lpos +lrange +lindex \
      +watch +unwatch +multi +exec";
-const KEYS: &str = "~redsync:semaphore:* ~redsync:event:* ~redsync:mutex:* ~acl-app:*";
+const KEYS: &str =
+    "~redsync:semaphore:* ~redsync:event:* ~redsync:mutex:* ~redsync:rwlock:* ~acl-app:*";
 
 /// A server with the restricted user `sync`.
 fn acl_server() -> common::RedisServer {

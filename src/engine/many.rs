@@ -31,6 +31,8 @@ pub(crate) struct HeldMany<R: Runtime> {
     pub(crate) engine: Arc<Engine<R>>,
     pub(crate) gen: Arc<Generation>,
     pub(crate) n: usize,
+    /// The write fence of a write lock's grant (0 otherwise).
+    pub(crate) fence: u64,
     armed: bool,
 }
 
@@ -146,8 +148,13 @@ impl<R: Runtime> Engine<R> {
         Ok(())
     }
 
-    /// `n` permits if they are free now and no request for several is being collected.
-    pub(crate) async fn try_take_many(self: &Arc<Self>, n: u32) -> Result<Option<HeldMany<R>>> {
+    /// `n` permits if they are free now and no request for several is being collected;
+    /// with `fence`, the grant takes the next write fence.
+    pub(crate) async fn try_take_many(
+        self: &Arc<Self>,
+        n: u32,
+        fence: bool,
+    ) -> Result<Option<HeldMany<R>>> {
         self.check_many(n)?;
         self.flush_outbox().await;
         for _ in 0..ATTEMPTS {
@@ -161,7 +168,8 @@ impl<R: Runtime> Engine<R> {
                 .key(keys.meta_or_pool())
                 .arg(&gen.id)
                 .arg(self.held_ttl_ms())
-                .arg(n);
+                .arg(n)
+                .arg(u8::from(fence));
             let mut conn = self.conn.clone();
             // `reserve_gen` reserved the call; the guard ends it, or taints if dropped.
             let call = InFlight {
@@ -170,20 +178,25 @@ impl<R: Runtime> Engine<R> {
                 lent: None,
                 done: false,
             };
-            let reply: redis::RedisResult<i64> = inv.invoke_async(&mut conn).await;
+            let reply: redis::RedisResult<redis::Value> = inv.invoke_async(&mut conn).await;
+            let reply = reply.and_then(|v| match v {
+                redis::Value::Int(code) => Ok((code, 0)),
+                v => redis::from_redis_value::<(i64, u64)>(v).map_err(redis::RedisError::from),
+            });
             let out = match reply {
-                Ok(-1) => {
+                Ok((-1, _)) => {
                     self.lose(&gen);
                     call.done();
                     continue;
                 }
-                Ok(0) => {
+                Ok((0, _)) => {
                     call.done();
                     self.maybe_retire(&gen);
                     Ok(None)
                 }
-                Ok(got) => {
-                    let held = self.hold_many(&gen, got as usize);
+                Ok((got, fence)) => {
+                    let mut held = self.hold_many(&gen, got as usize);
+                    held.fence = fence;
                     call.done();
                     if self.lose_if_expired(&gen) {
                         drop(held);
@@ -208,16 +221,17 @@ impl<R: Runtime> Engine<R> {
         Err(Error::LeaseLost)
     }
 
-    /// `n` permits, waiting as long as it takes (see the module's documentation).
-    pub(crate) async fn take_many(self: &Arc<Self>, n: u32) -> Result<HeldMany<R>> {
-        if let Some(held) = self.try_take_many(n).await? {
+    /// `n` permits, waiting as long as it takes (see the module's documentation); with
+    /// `fence`, the grant takes the next write fence.
+    pub(crate) async fn take_many(self: &Arc<Self>, n: u32, fence: bool) -> Result<HeldMany<R>> {
+        if let Some(held) = self.try_take_many(n, fence).await? {
             return Ok(held);
         }
         let mut last = Error::LeaseLost;
         for _ in 0..ATTEMPTS {
             // Boxed: the collecting state machine is large, and callers' futures (spawned
             // tasks) should not carry its whole type.
-            match Box::pin(self.collect(n as usize)).await {
+            match Box::pin(self.collect(n as usize, fence)).await {
                 Ok(held) => return Ok(held),
                 Err(e @ (Error::LeaseLost | Error::Redis(_))) => last = e,
                 Err(e) => return Err(e),
@@ -227,7 +241,7 @@ impl<R: Runtime> Engine<R> {
     }
 
     /// Takes the gate, then collects `n` permits under one generation.
-    async fn collect(self: &Arc<Self>, n: usize) -> Result<HeldMany<R>> {
+    async fn collect(self: &Arc<Self>, n: usize, fence: bool) -> Result<HeldMany<R>> {
         let gen = self.current_gen().await?;
         let mut got = Collecting {
             engine: self.clone(),
@@ -373,18 +387,22 @@ impl<R: Runtime> Engine<R> {
         drop(got);
         drop(conn);
         let gave_gate = self
-            .run_detached(self.clone().give_gate(gen.clone()))
+            .run_detached(self.clone().give_gate(gen.clone(), fence))
             .await
             .unwrap_or(Err(Error::Closed));
-        let held = HeldMany {
+        let mut held = HeldMany {
             engine: self.clone(),
             gen: gen.clone(),
             n: permits,
+            fence: 0,
             armed: true,
         };
         match gave_gate {
-            Ok(true) => Ok(held),
-            Ok(false) => {
+            Ok(Some(fence)) => {
+                held.fence = fence;
+                Ok(held)
+            }
+            Ok(None) => {
                 self.lose(&gen);
                 Err(Error::LeaseLost)
             }
@@ -392,26 +410,29 @@ impl<R: Runtime> Engine<R> {
         }
     }
 
-    /// Gives the gate back from `gen`'s list; false when it was not there (reclaimed).
-    async fn give_gate(self: Arc<Self>, gen: Arc<Generation>) -> Result<bool> {
+    /// Gives the gate back from `gen`'s list: `Some(write fence, or 1)`, or `None` when it
+    /// was not there (reclaimed).
+    async fn give_gate(self: Arc<Self>, gen: Arc<Generation>, fence: bool) -> Result<Option<u64>> {
         let gen = &gen;
         gen.begin_call();
         let mut conn = self.conn.clone();
         let reply: redis::RedisResult<i64> = GIVE_GATE
             .key(&gen.held_key)
             .key(&self.cfg.keys.gate)
+            .key(self.cfg.keys.meta_or_pool())
             .arg(self.key_ttl_ms())
+            .arg(u8::from(fence))
             .invoke_async(&mut conn)
             .await;
         gen.end_call();
         let out = match reply {
-            Ok(1) => {
+            Ok(f) if f > 0 => {
                 gen.sub_outstanding();
-                Ok(true)
+                Ok(Some(f as u64))
             }
             Ok(_) => {
                 gen.sub_outstanding();
-                Ok(false)
+                Ok(None)
             }
             Err(e) => {
                 // The gate stays in the list of a generation that is retired once
@@ -447,6 +468,7 @@ impl<R: Runtime> Engine<R> {
             engine: self.clone(),
             gen: gen.clone(),
             n,
+            fence: 0,
             armed: true,
         }
     }

@@ -71,6 +71,11 @@ pub(crate) enum Kind {
     /// grant carries a number greater than all before. Its keys never expire (the fence
     /// must survive idle periods), and it is never handed over locally.
     Mutex,
+    /// A read-write lock: a pool of `max_readers` permits, a writer takes them all (through
+    /// the gate). Its keys never expire (the write fence must survive idle periods), and
+    /// permits are never handed over locally (writers wait behind the gate, not behind a
+    /// chain of local readers).
+    RwLock,
 }
 
 /// Tuning that a builder passes down.
@@ -279,7 +284,7 @@ impl<R: Runtime> Engine<R> {
     /// Which end of the pool a token goes back to.
     pub(crate) fn give_back_side(&self) -> &'static str {
         match self.cfg.kind {
-            Kind::Semaphore | Kind::Mutex => "RIGHT",
+            Kind::Semaphore | Kind::Mutex | Kind::RwLock => "RIGHT",
             Kind::Event => "LEFT",
         }
     }

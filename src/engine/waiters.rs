@@ -596,8 +596,8 @@ impl<R: Runtime> Engine<R> {
         let limit = match self.cfg.kind {
             Kind::Semaphore => self.cfg.handoff_limit,
             Kind::Event => u32::MAX,
-            // A fence grows only through Redis.
-            Kind::Mutex => 0,
+            // A fence grows only through Redis; a waiting writer is not overtaken locally.
+            Kind::Mutex | Kind::RwLock => 0,
         };
         if held.handoffs >= limit || !held.gen.is_usable() || !self.is_current(&held.gen) {
             return Some(held);

@@ -353,9 +353,11 @@ return count
 });
 
 /// Fast path of a request for `n` permits: all of them, or none, and only while no other
-/// request for several holds the gate.
-/// KEYS: pool, held, leases, gate, meta. ARGV: holder, held list TTL ms (0: none), n.
-/// Returns n taken, 0 not now, -1 lease gone or expired.
+/// request for several holds the gate. With `fence` (a write lock), the grant also takes
+/// the next write fence.
+/// KEYS: pool, held, leases, gate, meta. ARGV: holder, held list TTL ms (0: none), n,
+/// fence (1/0).
+/// Returns {n, fence or 0} taken, 0 not now, -1 lease gone or expired.
 pub(crate) static TAKE_MANY: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -367,7 +369,9 @@ if redis.call('LLEN', KEYS[1]) < n then return 0 end
 for _ = 1, n do redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') end
 local ms = tonumber(ARGV[2])
 if ms > 0 then keep(KEYS[2], ms) end
-return n
+local fence = 0
+if ARGV[4] == '1' then fence = redis.call('HINCRBY', KEYS[5], 'wfence', 1) end
+return {n, fence}
 "#,
     )
 });
@@ -404,14 +408,18 @@ return {gate, n}
     )
 });
 
-/// Gives the gate back from the holder's list. KEYS: held, gate. ARGV: gate TTL ms (0:
-/// none). Returns 1, or 0 when it was not there (the holder was reclaimed).
+/// Gives the gate back from the holder's list, the request it was taken for being
+/// complete; with `fence` (a write lock: the holder now has every permit) also takes the
+/// next write fence. KEYS: held, gate, meta. ARGV: gate TTL ms (0: none), fence (1/0).
+/// Returns the fence (or 1 without `fence`), or 0 when the gate was not there (the holder
+/// was reclaimed).
 pub(crate) static GIVE_GATE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 if redis.call('LREM', KEYS[1], 1, 'G') == 0 then return 0 end
 redis.call('RPUSH', KEYS[2], 'G')
 keep(KEYS[2], tonumber(ARGV[1]))
+if ARGV[2] == '1' then return redis.call('HINCRBY', KEYS[3], 'wfence', 1) end
 return 1
 "#,
     )
