@@ -127,18 +127,19 @@ impl ClusterConn {
                 }
                 (Some(Redirect::Ask(host, port)), Request::Cmd(cmd)) => {
                     // ASKING and the command back to back on the node's connection.
+                    // The replies after ASKING's: `offset` 1.
                     let mut pipe = redis::pipe();
-                    pipe.cmd("ASKING").ignore().add_command((*cmd).clone());
-                    conn.route_pipeline(pipe, 0, 1, by_address(host, *port))
+                    pipe.cmd("ASKING").add_command((*cmd).clone());
+                    conn.route_pipeline(pipe, 1, 1, by_address(host, *port))
                         .await
                 }
                 (Some(Redirect::Ask(host, port)), Request::Pipeline(p, offset, count)) => {
                     let mut pipe = redis::pipe();
-                    pipe.cmd("ASKING").ignore();
+                    pipe.cmd("ASKING");
                     for cmd in p.cmd_iter() {
                         pipe.add_command(cmd.clone());
                     }
-                    conn.route_pipeline(pipe, *offset, *count, by_address(host, *port))
+                    conn.route_pipeline(pipe, *offset + 1, *count, by_address(host, *port))
                         .await
                 }
             };

@@ -261,11 +261,12 @@ impl<R: Runtime> Engine<R> {
         self.cfg.lease.as_millis() as u64
     }
 
-    /// TTL of the pool, metadata and lease set: a semaphore's keys expire a lease after
-    /// its last client is gone; an event's never do (0).
+    /// TTL of the pool, metadata, lease set and gate: a semaphore's keys expire `lease +
+    /// grave` after its last client is gone, the same as its held lists (see `RENEW`);
+    /// the other primitives' never do (0).
     pub(crate) fn key_ttl_ms(&self) -> u64 {
         if self.keep_pool_ttl() {
-            self.ttl_ms()
+            self.ttl_ms() + GRAVE.as_millis() as u64
         } else {
             0
         }

@@ -62,14 +62,32 @@ local function put(t, pool, gate, meta, side)
   if side == 'LEFT' then redis.call('LPUSH', pool, t) else redis.call('RPUSH', pool, t) end
   return 1
 end
--- Puts back every token of `from` (see `put`); returns how many permits went back.
+-- Puts back every token of `from` (see `put`); returns how many permits went back. Reads
+-- the metadata once, not once per token: a mass reclaim stays cheap.
 local function drain(from, pool, gate, meta, side)
-  local n = 0
+  local debt, fenced = 0, false
+  if meta ~= '' then
+    local f = redis.call('HMGET', meta, 'debt', 'fenced')
+    debt = tonumber(f[1] or '0')
+    fenced = f[2] == '1'
+  end
+  local n, destroyed = 0, 0
   while true do
     local t = redis.call('LPOP', from)
-    if not t then return n end
-    n = n + put(t, pool, gate, meta, side)
+    if not t then break end
+    if t == 'G' then
+      redis.call('RPUSH', gate, t)
+    elseif debt > destroyed then
+      destroyed = destroyed + 1
+      n = n + 1
+    else
+      if fenced then t = tostring(redis.call('HINCRBY', meta, 'fence', 1)) end
+      if side == 'LEFT' then redis.call('LPUSH', pool, t) else redis.call('RPUSH', pool, t) end
+      n = n + 1
+    end
   end
+  if destroyed > 0 then redis.call('HINCRBY', meta, 'debt', -destroyed) end
+  return n
 end
 -- True while a request for several permits holds the gate (see `TAKE_MANY`): single
 -- grants then wait their turn instead of taking the fast path.
@@ -124,7 +142,13 @@ if gate_taken(KEYS[4], meta) then return 0 end
 local t = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
 if not t then return 0 end
 local ms = tonumber(ARGV[2])
-if ms > 0 then keep(KEYS[2], ms) end
+if ms > 0 then
+  -- The held list never outlives the semaphore's other keys (see `RENEW`).
+  keep(KEYS[2], ms)
+  keep(KEYS[1], ms)
+  keep(KEYS[3], ms)
+  if meta ~= '' then keep(meta, ms) end
+end
 return t
 "#,
     )
@@ -177,9 +201,10 @@ return 1
 
 /// Renew the leases of this handle's holders and keep the primitive's keys alive.
 /// A holder whose lease expired is reclaimed on the spot (its tokens go back).
-/// Key TTLs (semaphores only, `expiring` = 1): the pool, metadata and lease set live
-/// `lease` past the last renewal; held lists live `lease + grave`, so that they outlive the
-/// lease they are reclaimed after. Event keys never expire: like a pending signal, a taken
+/// Key TTLs (semaphores only, `expiring` = 1): every key (pool, metadata, lease set, gate
+/// and held lists) lives `lease + grave` past the last renewal, so that held lists outlive
+/// the leases they are reclaimed after, and never the pool (a pool that expired and was
+/// created anew while held lists survived would let their tokens in as extra permits). Event keys never expire: like a pending signal, a taken
 /// one waits for the next client, however late. The graves set always lives `lease +
 /// grave` past its last change, long enough for every member's final sweep.
 /// KEYS: leases, graves, pool, meta (or pool again), gate, held_1..held_n.
@@ -216,10 +241,13 @@ for i = 1, #ARGV - 5 do
 end
 local meta_ok = 1
 if ARGV[2] == '1' then
-  keep(KEYS[1], ms)
-  keep(KEYS[3], ms)
-  keep(KEYS[4], ms)
-  keep(KEYS[5], ms)
+  -- Every key of a semaphore lives `lease + grave` past the last renewal, held lists
+  -- included, so that a stall of Redis (a paused server, a failover) longer than the
+  -- lease never leaves held lists behind a pool that expired and was created anew.
+  keep(KEYS[1], ms + grave)
+  keep(KEYS[3], ms + grave)
+  keep(KEYS[4], ms + grave)
+  keep(KEYS[5], ms + grave)
   if redis.call('HEXISTS', KEYS[4], 'count') == 0 then meta_ok = 0 end
 end
 local count = 0
