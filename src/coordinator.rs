@@ -105,7 +105,8 @@ impl<R: Runtime> Coordinator<R> {
     ///
     /// # Errors
     ///
-    /// [`Error::Redis`] (unreachable, refused credentials), [`Error::NoRuntime`].
+    /// [`Error::Redis`](crate::Error::Redis) (unreachable, refused credentials),
+    /// [`Error::NoRuntime`](crate::Error::NoRuntime).
     ///
     /// # Cancel safety
     ///
@@ -270,6 +271,38 @@ impl<R: Runtime> Coordinator<R> {
         crate::RwLockBuilder::on_context(self.ctx.clone(), name)
     }
 
+    /// A broadcast event ([`Notify`](crate::Notify)) named `name` on this coordinator:
+    /// its builder, then [`open`](crate::NotifyBuilder::open). Its waiters share the
+    /// coordinator's connections: one blocking connection per handle however many tasks
+    /// wait on it.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(sync: redis_sync::Coordinator<redis_sync::Tokio>) -> redis_sync::Result<()> {
+    /// let go = sync.notify("go").open().await?;
+    /// go.set().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn notify(&self, name: &str) -> crate::NotifyBuilder<R> {
+        crate::NotifyBuilder::on_context(self.ctx.clone(), name)
+    }
+
+    /// A count-down latch ([`CountDownLatch`](crate::CountDownLatch)) named `name` on
+    /// this coordinator: its builder, then [`open`](crate::CountDownLatchBuilder::open).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(sync: redis_sync::Coordinator<redis_sync::Tokio>) -> redis_sync::Result<()> {
+    /// let boot = sync.latch("boot").open().await?;
+    /// boot.try_set_count(3).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn latch(&self, name: &str) -> crate::CountDownLatchBuilder<R> {
+        crate::CountDownLatchBuilder::on_context(self.ctx.clone(), name)
+    }
+
     /// Whether it is connected to a Redis Cluster.
     ///
     /// # Examples
@@ -313,7 +346,8 @@ impl<R: Runtime> Coordinator<R> {
     ///
     /// # Errors
     ///
-    /// The first [`Error::Redis`] met; every primitive is shut down regardless.
+    /// The first [`Error::Redis`](crate::Error::Redis) met; every primitive is shut down
+    /// regardless.
     ///
     /// # Cancel safety
     ///
@@ -419,7 +453,8 @@ impl<R: Runtime> CoordinatorBuilder<R> {
     ///
     /// # Errors
     ///
-    /// [`Error::Redis`], [`Error::NoRuntime`], [`Error::InvalidArgument`].
+    /// [`Error::Redis`](crate::Error::Redis), [`Error::NoRuntime`](crate::Error::NoRuntime),
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument).
     ///
     /// # Cancel safety
     ///

@@ -90,6 +90,18 @@ pub enum Error {
     /// itself, so an error chain does not repeat it.
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
+    /// [`CountDownLatch::count_down`](crate::CountDownLatch::count_down) on a latch whose
+    /// count is already zero, or that was never set: nothing was changed.
+    #[error("the latch is already at zero (or was never set): nothing to count down")]
+    LatchAlreadyZero,
+    /// [`CountDownLatch::set_count`](crate::CountDownLatch::set_count) while the latch is
+    /// still counting down: its count can be set only once it has reached zero. Nothing
+    /// was changed.
+    #[error("the latch is still counting down ({count} left): set its count once it is zero")]
+    LatchNotZero {
+        /// The count in Redis.
+        count: u64,
+    },
 }
 
 impl Error {
@@ -200,6 +212,9 @@ pub enum Invalid {
     /// A cluster was given no seed node, or one that is not a valid address.
     #[error("invalid cluster seed nodes: {0}")]
     SeedNodes(String),
+    /// A latch count above `i64::MAX` (Redis counts with signed 64-bit integers).
+    #[error("a latch count must be at most 9223372036854775807 (i64::MAX), got {0}")]
+    LatchCount(u64),
 }
 
 /// The result type of this crate.

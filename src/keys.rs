@@ -109,6 +109,39 @@ fn base(prefix: &str, name: &str, layout: KeyLayout) -> Result<String> {
     })
 }
 
+/// The key names of a broadcast primitive ([`Notify`](crate::Notify),
+/// [`CountDownLatch`](crate::CountDownLatch)); always hash-tagged `{name}`.
+#[derive(Clone, Debug)]
+pub(crate) struct GateKeys {
+    /// The list that blocked waiters rotate (`BLMOVE gate gate`): holds `set` while the
+    /// notify is set or the latch is open, and `n` for the instant of a `notify_waiters`.
+    pub gate: String,
+    /// Hash: `epoch` (a random id made with the hash) and `n` (the generation counter).
+    pub gen: String,
+    /// A latch's count (a string holding an integer); absent for a notify.
+    pub count: Option<String>,
+}
+
+impl GateKeys {
+    pub(crate) fn notify(prefix: &str, name: &str) -> Result<Self> {
+        let base = base(prefix, name, KeyLayout::HashTagged)?;
+        Ok(GateKeys {
+            gate: format!("{base}:gate"),
+            gen: format!("{base}:gen"),
+            count: None,
+        })
+    }
+
+    pub(crate) fn latch(prefix: &str, name: &str) -> Result<Self> {
+        let base = base(prefix, name, KeyLayout::HashTagged)?;
+        Ok(GateKeys {
+            gate: format!("{base}:gate"),
+            gen: format!("{base}:gen"),
+            count: Some(format!("{base}:count")),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +153,18 @@ mod tests {
         assert_eq!(k.meta.as_deref(), Some("redsync:semaphore:jobs:meta"));
         let e = Keys::event("redsync:event", "done", KeyLayout::Redsync2).unwrap();
         assert_eq!(e.pool, "redsync:event:done");
+    }
+
+    #[test]
+    fn gate_keys_share_a_tag() {
+        let n = GateKeys::notify("redsync:notify", "go").unwrap();
+        assert_eq!(n.gate, "redsync:notify:{go}:gate");
+        assert_eq!(n.gen, "redsync:notify:{go}:gen");
+        assert!(n.count.is_none());
+        let l = GateKeys::latch("redsync:latch:", "boot").unwrap();
+        assert_eq!(l.count.as_deref(), Some("redsync:latch:{boot}:count"));
+        assert!(GateKeys::latch("p", "a}b").is_err());
+        assert!(GateKeys::notify("p{", "a").is_err());
     }
 
     #[test]

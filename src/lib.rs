@@ -3,6 +3,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
+mod broadcast;
 mod connection;
 mod context;
 mod coordinator;
@@ -13,6 +14,8 @@ mod init;
 mod inspect;
 mod keys;
 mod mutex;
+mod latch;
+mod notify;
 mod options;
 mod permit;
 mod runtime;
@@ -31,6 +34,8 @@ pub use init::InitStrategy;
 pub use inspect::{HolderState, SemaphoreState};
 pub use keys::KeyLayout;
 pub use mutex::{Mutex, MutexBuilder, MutexGuard, DEFAULT_MUTEX_PREFIX};
+pub use latch::{CountDownLatch, CountDownLatchBuilder, LatchState, DEFAULT_LATCH_PREFIX};
+pub use notify::{Notify, NotifyBuilder, NotifyState, DEFAULT_NOTIFY_PREFIX};
 pub use options::{
     DEFAULT_COORDINATOR_BLOCKING_CONNECTIONS, DEFAULT_LEASE_TTL, DEFAULT_LOCAL_HANDOFF_LIMIT,
     DEFAULT_MAX_BLOCKING_CONNECTIONS, DEFAULT_RESPONSE_TIMEOUT,
@@ -202,6 +207,51 @@ macro_rules! runtime_aliases {
         /// # }
         /// ```
         pub type CoordinatorBuilder = crate::CoordinatorBuilder<$rt>;
+        #[doc = concat!("[`Notify`](crate::Notify) on ", $name, ".")]
+        ///
+        /// # Examples
+        ///
+        /// ```no_run
+        /// # async fn demo(client: redis_sync::redis::Client) -> redis_sync::Result<()> {
+        /// # #[cfg(feature = "tokio")]
+        /// let go = redis_sync::tokio::Notify::open(&client, "go").await?;
+        /// # Ok(()) }
+        /// ```
+        pub type Notify = crate::Notify<$rt>;
+        #[doc = concat!("[`NotifyBuilder`](crate::NotifyBuilder) on ", $name, ".")]
+        ///
+        /// # Examples
+        ///
+        /// ```no_run
+        /// # async fn demo(client: redis_sync::redis::Client) {
+        /// # #[cfg(feature = "tokio")]
+        /// let b: redis_sync::tokio::NotifyBuilder = redis_sync::tokio::Notify::builder(&client, "go");
+        /// # }
+        /// ```
+        pub type NotifyBuilder = crate::NotifyBuilder<$rt>;
+        #[doc = concat!("[`CountDownLatch`](crate::CountDownLatch) on ", $name, ".")]
+        ///
+        /// # Examples
+        ///
+        /// ```no_run
+        /// # async fn demo(client: redis_sync::redis::Client) -> redis_sync::Result<()> {
+        /// # #[cfg(feature = "tokio")]
+        /// let latch = redis_sync::tokio::CountDownLatch::open(&client, "boot").await?;
+        /// # Ok(()) }
+        /// ```
+        pub type CountDownLatch = crate::CountDownLatch<$rt>;
+        #[doc = concat!("[`CountDownLatchBuilder`](crate::CountDownLatchBuilder) on ", $name, ".")]
+        ///
+        /// # Examples
+        ///
+        /// ```no_run
+        /// # async fn demo(client: redis_sync::redis::Client) {
+        /// # #[cfg(feature = "tokio")]
+        /// let b: redis_sync::tokio::CountDownLatchBuilder =
+        ///     redis_sync::tokio::CountDownLatch::builder(&client, "boot");
+        /// # }
+        /// ```
+        pub type CountDownLatchBuilder = crate::CountDownLatchBuilder<$rt>;
     };
 }
 

@@ -113,6 +113,10 @@ pub(crate) async fn load_all(conn: &crate::connection::Conn) -> redis::RedisResu
         &*RESIZE,
         &*HARDEN,
         &*EXTEND,
+        &*GATE_READ,
+        &*GATE_SET,
+        &*LATCH_SET_COUNT,
+        &*LATCH_COUNT_DOWN,
     ];
     let loads = scripts.map(|s| {
         let mut conn = conn.clone();
@@ -531,3 +535,84 @@ return 1
 
 #[cfg(test)]
 mod model;
+
+// Broadcast primitives (`Notify`, `CountDownLatch`): a gate list that blocked waiters
+// rotate (`BLMOVE gate gate`), and a generation hash (`epoch`, `n`). Counts and
+// generations travel as strings: Lua numbers are doubles.
+
+/// Reads a broadcast primitive: whether it is open, and its generation.
+/// KEYS: gate, gen[, count] (a latch passes its count). ARGV: tidy ('1': first remove the
+/// marks a `notify_waiters` left, which have served every blocked waiter already).
+/// Returns {state, epoch, n}: state is '1'/'0' (a notify is set) or the latch's count
+/// ('0' when absent); epoch '' and n '0' when the generation hash is absent.
+pub(crate) static GATE_READ: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if ARGV[1] == '1' then redis.call('LREM', KEYS[1], 0, 'n') end
+local state
+if KEYS[3] then
+  state = redis.call('GET', KEYS[3]) or '0'
+elseif redis.call('LPOS', KEYS[1], 'set') then
+  state = '1'
+else
+  state = '0'
+end
+local g = redis.call('HMGET', KEYS[2], 'epoch', 'n')
+return {state, g[1] or '', g[2] or '0'}
+"#,
+    )
+});
+
+/// A new generation of a notify, and its mark in the gate (pushed if absent): `set` for
+/// `set()`, `n` for `notify_waiters()` (removed by a separate command right after, so
+/// that Redis serves every blocked waiter in between).
+/// KEYS: gate, gen. ARGV: epoch (used if the hash is new), mark.
+/// Returns the new generation, as a string.
+pub(crate) static GATE_SET: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+redis.call('HSETNX', KEYS[2], 'epoch', ARGV[1])
+redis.call('HINCRBY', KEYS[2], 'n', 1)
+if not redis.call('LPOS', KEYS[1], ARGV[2]) then redis.call('RPUSH', KEYS[1], ARGV[2]) end
+return redis.call('HGET', KEYS[2], 'n')
+"#,
+    )
+});
+
+/// Sets a latch's count, only if it is zero or absent; closes the gate.
+/// KEYS: count, gate, gen. ARGV: count (a positive integer, or '0': change nothing),
+/// epoch (used if the hash is new).
+/// Returns {1, count} when set, {0, current count} when the latch is still counting.
+pub(crate) static LATCH_SET_COUNT: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local c = redis.call('GET', KEYS[1])
+if c and tonumber(c) > 0 then return {0, c} end
+if ARGV[1] ~= '0' then
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('DEL', KEYS[2])
+  redis.call('HSETNX', KEYS[3], 'epoch', ARGV[2])
+end
+return {1, ARGV[1]}
+"#,
+    )
+});
+
+/// Counts a latch down by one; at zero deletes the count, starts a new generation and
+/// opens the gate, all at once.
+/// KEYS: count, gate, gen. ARGV: epoch (used if the hash is new).
+/// Returns the count left as a string, or '-1' when the latch was already zero or absent.
+pub(crate) static LATCH_COUNT_DOWN: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local c = redis.call('GET', KEYS[1])
+if not c or tonumber(c) <= 0 then return '-1' end
+if redis.call('DECR', KEYS[1]) > 0 then return redis.call('GET', KEYS[1]) end
+redis.call('DEL', KEYS[1])
+redis.call('HSETNX', KEYS[3], 'epoch', ARGV[1])
+redis.call('HINCRBY', KEYS[3], 'n', 1)
+if not redis.call('LPOS', KEYS[2], 'set') then redis.call('RPUSH', KEYS[2], 'set') end
+return '0'
+"#,
+    )
+});
