@@ -13,8 +13,8 @@ mod event;
 mod init;
 mod inspect;
 mod keys;
-mod mutex;
 mod latch;
+mod mutex;
 mod notify;
 mod options;
 mod permit;
@@ -33,8 +33,8 @@ pub use event::{Event, EventBuilder, DEFAULT_EVENT_PREFIX};
 pub use init::InitStrategy;
 pub use inspect::{HolderState, SemaphoreState};
 pub use keys::KeyLayout;
-pub use mutex::{Mutex, MutexBuilder, MutexGuard, DEFAULT_MUTEX_PREFIX};
 pub use latch::{CountDownLatch, CountDownLatchBuilder, LatchState, DEFAULT_LATCH_PREFIX};
+pub use mutex::{Mutex, MutexBuilder, MutexGuard, DEFAULT_MUTEX_PREFIX};
 pub use notify::{Notify, NotifyBuilder, NotifyState, DEFAULT_NOTIFY_PREFIX};
 pub use options::{
     DEFAULT_COORDINATOR_BLOCKING_CONNECTIONS, DEFAULT_LEASE_TTL, DEFAULT_LOCAL_HANDOFF_LIMIT,
