@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Options: `--processes N` (8), `--count C` (3), `--secs S` (30), `--lease-ms L` (2000),
-//! `--network-faults` (off).
+//! `--network-faults` (off), `--cluster` (off), `--no-migrations` (off).
 //! Uses `REDIS_URL` when set, else starts a private `redis-server` (from PATH).
 //!
 //! `--network-faults`: the workers' library connections go through a fault-injecting TCP
@@ -19,6 +19,21 @@
 //! of 50-300 ms each way for 1-2 s, or a reset (RST). Some stays in the critical section
 //! (3%) then outlast the lease, so that a fault can take the lease from a holder inside; a
 //! worker asked to stop before it could attach exits cleanly.
+//!
+//! `--cluster` (needs `--features cluster`): the run is on a Redis Cluster, the one in
+//! `REDIS_CLUSTER_URLS` (comma-separated `redis://host:port/` of every node) or else a
+//! local one this program starts (6 `redis-server` processes, 3 primaries and 3 replicas:
+//! `tests/common/cluster.rs`). The workers use `Coordinator::cluster`, their records a
+//! cluster connection. Besides the process kills and the connection kills (on the primary
+//! that owns the semaphore's slot), one topology change hits the shard of that slot about
+//! every 2-4 s: a manual failover (`CLUSTER FAILOVER` on its replica) or, every second
+//! change, a migration of the slot key by key (with pauses, so that clients meet ASK and
+//! TRYAGAIN) to another primary, and back the next time; none in the last lease + 1 s.
+//! Connections are killed only between changes (the harness's own connections must
+//! survive them). `--no-migrations`: failovers only. The checks are the same, with this
+//! program's connections on the slot's owner (following MOVED and ASK); the sums of (b)
+//! taken while the slot migrates are skipped (its keys are on two nodes then), and the end
+//! state is read on the node that owns the slot at the end.
 //!
 //! What is checked:
 //! - (a) At no instant are more than `count` workers inside the critical section while
@@ -47,8 +62,12 @@
 //!
 //! The last line is `chaos: ok ...` (exit 0) or `chaos: FAILED ...` (exit 1); both end with
 //! `acquisitions=.. kills=.. conn_kills=.. max_inside=.. permits_end=.. net_faults=..
-//! leases_lost=.. worst_told_delay_ms=..`.
+//! leases_lost=.. worst_told_delay_ms=..` (with `--cluster`, then `failovers=..
+//! migrations=..`).
 
+#[cfg(feature = "cluster")]
+#[path = "../tests/common/cluster.rs"]
+mod cluster;
 #[path = "../tests/common/relay.rs"]
 mod relay;
 #[path = "../tests/common/server.rs"]
@@ -77,6 +96,8 @@ mod chaos {
     use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
     use futures::future::{select, Either};
+    #[cfg(feature = "cluster")]
+    use redis_sync::Coordinator;
     use redis_sync::{Error, Runtime, Semaphore};
 
     use super::{relay::Relay, server};
@@ -158,22 +179,60 @@ end
 return n
 "#;
 
-    /// One atomic sum of the pool and of every held list: `{free, held}`.
+    /// One atomic sum of the pool and of every held list: `{free, held}`. KEYS: pool (on a
+    /// cluster, the slot it routes by; the held lists share it). ARGV: held lists' pattern.
     const TOTALS: &str = r#"
 local held = 0
-for _, k in ipairs(redis.call('KEYS', ARGV[2])) do held = held + redis.call('LLEN', k) end
-return {redis.call('LLEN', ARGV[1]), held}
+for _, k in ipairs(redis.call('KEYS', ARGV[1])) do held = held + redis.call('LLEN', k) end
+return {redis.call('LLEN', KEYS[1]), held}
 "#;
+
+    /// Every key of the semaphore (`ARGV[1]`: their pattern) with its type, TTL and
+    /// content, and the server's clock: what a failure report shows. KEYS: pool (routing).
+    const DUMP: &str = r#"
+local t = redis.call('TIME')
+local out = {'now=' .. (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))}
+for _, k in ipairs(redis.call('KEYS', ARGV[1])) do
+  local ty = redis.call('TYPE', k)['ok']
+  local v = {}
+  if ty == 'list' then v = redis.call('LRANGE', k, 0, -1)
+  elseif ty == 'zset' then v = redis.call('ZRANGE', k, 0, -1, 'WITHSCORES')
+  elseif ty == 'hash' then v = redis.call('HGETALL', k) end
+  table.insert(out, k .. ' ' .. ty .. ' pttl=' .. redis.call('PTTL', k) .. ' [' ..
+    table.concat(v, ' ') .. ']')
+end
+return out
+"#;
+
+    /// [`DUMP`] of the semaphore's keys on the node `con` talks to, one line.
+    fn dump_keys(con: &mut KeyConn, pool: &str, base: &str) -> String {
+        let r: redis::RedisResult<Vec<String>> = con.query(
+            redis::cmd("EVAL")
+                .arg(DUMP)
+                .arg(1)
+                .arg(pool)
+                .arg(format!("{base}:*")),
+        );
+        match r {
+            Ok(lines) => format!("on {}: {}", con.url(), lines.join("; ")),
+            Err(e) => format!("on {}: cannot read the keys: {e}", con.url()),
+        }
+    }
 
     #[derive(Clone, Debug)]
     struct Args {
         worker: bool,
         network_faults: bool,
+        /// On a Redis Cluster (feature `cluster`).
+        cluster: bool,
+        /// With `--cluster`: migrations of the slot too, not only failovers.
+        migrations: bool,
         processes: usize,
         count: u32,
         secs: u64,
         lease: Duration,
-        /// Worker: where the library connects (the relay's URL with `--network-faults`).
+        /// Worker: where the library connects (the relay's URL with `--network-faults`;
+        /// with `--cluster`, every node's URL, comma-separated).
         url: String,
         /// Worker: where its own records go (always the direct URL).
         check_url: String,
@@ -185,6 +244,8 @@ return {redis.call('LLEN', ARGV[1]), held}
         let mut a = Args {
             worker: false,
             network_faults: false,
+            cluster: false,
+            migrations: true,
             processes: 8,
             count: 3,
             secs: 30,
@@ -204,6 +265,14 @@ return {redis.call('LLEN', ARGV[1]), held}
                 a.network_faults = true;
                 continue;
             }
+            if flag == "--cluster" {
+                a.cluster = true;
+                continue;
+            }
+            if flag == "--no-migrations" {
+                a.migrations = false;
+                continue;
+            }
             let value = it.next().ok_or(format!("{flag} needs a value"))?;
             let bad = |_| format!("bad value {value:?} for {flag}");
             match flag.as_str() {
@@ -221,6 +290,9 @@ return {redis.call('LLEN', ARGV[1]), held}
         if a.processes == 0 || a.count == 0 || a.lease < Duration::from_millis(100) {
             return Err("need --processes >= 1, --count >= 1, --lease-ms >= 100".into());
         }
+        if a.cluster && a.network_faults {
+            return Err("--network-faults is not supported with --cluster".into());
+        }
         Ok(a)
     }
 
@@ -231,11 +303,18 @@ return {redis.call('LLEN', ARGV[1]), held}
                 eprintln!("chaos: {e}");
                 eprintln!(
                     "usage: chaos [--processes N] [--count C] [--secs S] [--lease-ms L] \
-                     [--network-faults]"
+                     [--network-faults | --cluster [--no-migrations]]"
                 );
                 return 2;
             }
         };
+        if args.cluster && !cfg!(feature = "cluster") {
+            eprintln!(
+                "chaos: --cluster needs the cargo feature `cluster`, which this build lacks: \
+                 cargo run --release --features cluster --example chaos -- ... --cluster"
+            );
+            return 2;
+        }
         if args.worker {
             worker(args)
         } else {
@@ -265,20 +344,16 @@ return {redis.call('LLEN', ARGV[1]), held}
             });
         }
         block_on(async move {
-            let client = redis::Client::open(args.url.as_str()).expect("url");
             let sem = loop {
-                match Semaphore::<Rt>::builder(&client, &args.name)
-                    .lease_ttl(args.lease)
-                    .attach(Some(Duration::from_secs(10)))
-                    .await
-                {
+                match attach_worker(&args).await {
                     Ok(s) => break s,
                     // A connection killed under us: try again.
                     Err(_) if !stop.load(Ordering::Acquire) => {
                         sleep(Duration::from_millis(50)).await
                     }
-                    // Asked to stop while the network fails: not a crash.
-                    Err(e) if args.network_faults => {
+                    // Asked to stop while the network fails (or the cluster fails over):
+                    // not a crash.
+                    Err(e) if args.network_faults || args.cluster => {
                         eprintln!("worker {}: stopped before it could attach: {e}", args.id);
                         return 0;
                     }
@@ -294,13 +369,15 @@ return {redis.call('LLEN', ARGV[1]), held}
             } else {
                 &args.check_url
             };
-            let check_client = redis::Client::open(check_url.as_str()).expect("check url");
             let mut rec = loop {
-                match check_client.get_connection_manager().await {
+                match Records::connect(check_url, args.cluster).await {
                     Ok(c) => break c,
                     Err(_) => sleep(Duration::from_millis(50)).await,
                 }
             };
+            // Attempts of each record, 10 ms apart. On a cluster a failover or a migration
+            // (TRYAGAIN until it ends) can hold a record up for seconds.
+            let tries = if args.cluster { 3000 } else { 100 };
             let b = base(&args.name);
             let keys = [
                 format!("chaos:{{{}}}:inside", args.name),
@@ -334,7 +411,7 @@ return {redis.call('LLEN', ARGV[1]), held}
                 let work = async {
                     // Record the entry; retried, since our own connection may be killed too.
                     let mut recorded = false;
-                    for _ in 0..100 {
+                    for _ in 0..tries {
                         let r: redis::RedisResult<i64> = enter
                             .key(&keys[0])
                             .key(&keys[1])
@@ -388,7 +465,7 @@ return {redis.call('LLEN', ARGV[1]), held}
                     lost += 1;
                 }
                 // Leave before giving the permit back.
-                for _ in 0..100 {
+                for _ in 0..tries {
                     let r: redis::RedisResult<i64> = redis::cmd("HDEL")
                         .arg(&keys[0])
                         .arg(&member)
@@ -423,6 +500,85 @@ return {redis.call('LLEN', ARGV[1]), held}
         })
     }
 
+    /// The worker's handle: on one server, or with `--cluster` on a coordinator of the
+    /// cluster whose nodes `args.url` lists.
+    async fn attach_worker(args: &Args) -> Result<Semaphore<Rt>, Error> {
+        let wait = Some(Duration::from_secs(10));
+        if args.cluster {
+            #[cfg(feature = "cluster")]
+            {
+                let sync = Coordinator::<Rt>::cluster(args.url.split(','))
+                    .connect()
+                    .await?;
+                return sync
+                    .semaphore(&args.name)
+                    .lease_ttl(args.lease)
+                    .attach(wait)
+                    .await;
+            }
+        }
+        let client = redis::Client::open(args.url.as_str())?;
+        Semaphore::<Rt>::builder(&client, &args.name)
+            .lease_ttl(args.lease)
+            .attach(wait)
+            .await
+    }
+
+    /// The connection of a worker's records: to the one server, or a cluster connection.
+    enum Records {
+        Single(redis::aio::ConnectionManager),
+        #[cfg(feature = "cluster")]
+        Cluster(redis::cluster_async::ClusterConnection),
+    }
+
+    impl Records {
+        async fn connect(url: &str, cluster: bool) -> redis::RedisResult<Records> {
+            if cluster {
+                #[cfg(feature = "cluster")]
+                {
+                    let client = redis::cluster::ClusterClient::new(url.split(','))?;
+                    return Ok(Records::Cluster(client.get_async_connection().await?));
+                }
+            }
+            let client = redis::Client::open(url)?;
+            Ok(Records::Single(client.get_connection_manager().await?))
+        }
+    }
+
+    impl redis::aio::ConnectionLike for Records {
+        fn req_packed_command<'a>(
+            &'a mut self,
+            cmd: &'a redis::Cmd,
+        ) -> redis::RedisFuture<'a, redis::Value> {
+            match self {
+                Records::Single(c) => c.req_packed_command(cmd),
+                #[cfg(feature = "cluster")]
+                Records::Cluster(c) => c.req_packed_command(cmd),
+            }
+        }
+
+        fn req_packed_commands<'a>(
+            &'a mut self,
+            pipeline: &'a redis::Pipeline,
+            offset: usize,
+            count: usize,
+        ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+            match self {
+                Records::Single(c) => c.req_packed_commands(pipeline, offset, count),
+                #[cfg(feature = "cluster")]
+                Records::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            }
+        }
+
+        fn get_db(&self) -> i64 {
+            match self {
+                Records::Single(c) => c.get_db(),
+                #[cfg(feature = "cluster")]
+                Records::Cluster(c) => c.get_db(),
+            }
+        }
+    }
+
     // ------------------------------------------------------------------ parent
 
     struct Worker {
@@ -449,6 +605,7 @@ return {redis.call('LLEN', ARGV[1]), held}
             .args(["--worker", "--url", &urls.lib, "--check-url", &urls.check])
             .args(["--name", name])
             .args(args.network_faults.then_some("--network-faults"))
+            .args(args.cluster.then_some("--cluster"))
             .args(["--id", &id.to_string()])
             .args(["--lease-ms", &args.lease.as_millis().to_string()])
             .args(["--count", &args.count.to_string()])
@@ -467,17 +624,39 @@ return {redis.call('LLEN', ARGV[1]), held}
         Worker { child, id }
     }
 
-    /// Ids of every client but this program's own (named [`CHECKER`]).
-    fn client_ids(con: &mut redis::Connection) -> redis::RedisResult<Vec<u64>> {
-        let list: String = redis::cmd("CLIENT").arg("LIST").query(con)?;
+    /// Ids of every client in a `CLIENT LIST` but this program's own (named [`CHECKER`]).
+    fn client_ids(list: &str) -> Vec<u64> {
         let mine = format!(" name={CHECKER} ");
-        Ok(list
-            .lines()
+        list.lines()
             .filter(|l| !l.contains(&mine))
             .filter_map(|l| l.strip_prefix("id="))
             .filter_map(|l| l.split(' ').next())
             .filter_map(|id| id.parse().ok())
-            .collect())
+            .collect()
+    }
+
+    /// Kills one random client connection of the node `con` talks to, but this program's
+    /// own (and with `normal_only`, but the replication links); returns how many it killed.
+    fn kill_random_client(con: &mut KeyConn, my_id: Option<u64>, normal_only: bool) -> u64 {
+        let mut list = redis::cmd("CLIENT");
+        list.arg("LIST");
+        if normal_only {
+            list.arg("TYPE").arg("normal");
+        }
+        let Ok(text) = con.query::<String>(&list) else {
+            return 0;
+        };
+        let others: Vec<u64> = client_ids(&text)
+            .into_iter()
+            .filter(|&id| Some(id) != my_id)
+            .collect();
+        if others.is_empty() {
+            return 0;
+        }
+        let id = others[fastrand::usize(..others.len())];
+        let n: redis::RedisResult<i64> =
+            con.query(redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id));
+        n.unwrap_or(0) as u64
     }
 
     /// Byte range of `host[:port]` in a `redis://[user[:pass]@]host[:port][/db]` URL.
@@ -499,43 +678,433 @@ return {redis.call('LLEN', ARGV[1]), held}
         Ok(con)
     }
 
+    /// This program's own connection (named [`CHECKER`]) to the node that has the
+    /// semaphore's keys: the one server, or on a cluster (`follow`) the primary that owns
+    /// their slot, found by following MOVED (for good) and ASK (for one command); TRYAGAIN,
+    /// CLUSTERDOWN and dropped connections are retried a few times.
+    struct KeyConn {
+        url: String,
+        follow: bool,
+        con: Option<redis::Connection>,
+    }
+
+    impl KeyConn {
+        fn new(url: &str, follow: bool) -> KeyConn {
+            KeyConn {
+                url: url.to_owned(),
+                follow,
+                con: None,
+            }
+        }
+
+        /// The URL of the node it talks to.
+        fn url(&self) -> &str {
+            &self.url
+        }
+
+        fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+            use redis::{ErrorKind, ServerErrorKind as S};
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let con = match self.con.as_mut() {
+                    Some(c) => c,
+                    None => self
+                        .con
+                        .insert(named_connection(&redis::Client::open(self.url.as_str())?)?),
+                };
+                let err = match cmd.query(con) {
+                    Ok(v) => return Ok(v),
+                    Err(e) => e,
+                };
+                let dropped = err.is_unrecoverable_error() || err.is_io_error();
+                if dropped {
+                    self.con = None;
+                }
+                if !self.follow || attempt >= 10 {
+                    return Err(err);
+                }
+                let redirect = err
+                    .redirect_node()
+                    .map(|(addr, _)| format!("redis://{addr}/"));
+                match (err.kind(), redirect) {
+                    (ErrorKind::Server(S::Moved), Some(url)) => {
+                        self.url = url;
+                        self.con = None;
+                    }
+                    (ErrorKind::Server(S::Ask), Some(url)) => {
+                        let mut c = named_connection(&redis::Client::open(url.as_str())?)?;
+                        redis::cmd("ASKING").query::<()>(&mut c)?;
+                        return cmd.query(&mut c);
+                    }
+                    (ErrorKind::Server(S::TryAgain | S::ClusterDown | S::MasterDown), _) => {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    _ if dropped => std::thread::sleep(Duration::from_millis(20)),
+                    _ => return Err(err),
+                }
+            }
+        }
+    }
+
     /// Polls the lease set every 10 ms until `stop`, keeping each holder's latest expiry
     /// (ms, server clock). Returns it and the number of polls.
     fn spawn_lease_poller(
-        client: redis::Client,
+        mut con: KeyConn,
         leases: String,
         stop: Arc<AtomicBool>,
     ) -> JoinHandle<(HashMap<String, i64>, u64)> {
         std::thread::spawn(move || {
             let mut expiry: HashMap<String, i64> = HashMap::new();
             let mut polls = 0u64;
-            let mut con = None;
+            let mut zrange = redis::cmd("ZRANGE");
+            zrange.arg(&leases).arg(0).arg(-1).arg("WITHSCORES");
             while !stop.load(Ordering::Acquire) {
-                if con.is_none() {
-                    con = named_connection(&client).ok();
-                }
-                if let Some(c) = con.as_mut() {
-                    let r: redis::RedisResult<Vec<(String, f64)>> = redis::cmd("ZRANGE")
-                        .arg(&leases)
-                        .arg(0)
-                        .arg(-1)
-                        .arg("WITHSCORES")
-                        .query(c);
-                    match r {
-                        Ok(members) => {
-                            polls += 1;
-                            for (holder, score) in members {
-                                let e = expiry.entry(holder).or_insert(i64::MIN);
-                                *e = (*e).max(score as i64);
-                            }
-                        }
-                        Err(_) => con = None,
+                if let Ok(members) = con.query::<Vec<(String, f64)>>(&zrange) {
+                    polls += 1;
+                    for (holder, score) in members {
+                        let e = expiry.entry(holder).or_insert(i64::MIN);
+                        *e = (*e).max(score as i64);
                     }
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
             (expiry, polls)
         })
+    }
+
+    /// The topology changes of `--cluster`, shared between their thread and the main loop.
+    #[cfg(feature = "cluster")]
+    #[derive(Default)]
+    struct Topology {
+        /// Held during a change: connections are killed only between changes, so that the
+        /// harness's own connections (and MIGRATE's) survive.
+        changing: std::sync::Mutex<()>,
+        /// Port of the primary that owns the slot, as of the last change.
+        owner: std::sync::atomic::AtomicU16,
+        /// Set from before a migration's first step until every node agrees on the new
+        /// owner: the slot's keys may be on two nodes.
+        migrating: AtomicBool,
+        failovers: std::sync::atomic::AtomicU64,
+        migrations: std::sync::atomic::AtomicU64,
+        /// A change that failed (the harness panicked): the run fails.
+        error: std::sync::Mutex<Option<String>>,
+    }
+
+    /// Every 2-4 s until `until` (or `stop`), one change of the shard that owns `slot`: a
+    /// manual failover, or (with `migrations`, every second change) a migration of the
+    /// slot to another primary, and back the next time.
+    #[cfg(feature = "cluster")]
+    fn spawn_topology(
+        t0: Instant,
+        cluster: Arc<super::cluster::RedisCluster>,
+        slot: u16,
+        migrations: bool,
+        until: Option<Instant>,
+        topo: Arc<Topology>,
+        stop: Arc<AtomicBool>,
+    ) -> JoinHandle<()> {
+        std::thread::spawn(move || {
+            // The primary of the slot's own shard (it changes with failovers there).
+            let mut home = topo.owner.load(Ordering::Acquire);
+            let mut away = false;
+            let mut k = 0u64;
+            let mut next = Instant::now() + Duration::from_millis(fastrand::u64(1500..2500));
+            while !stop.load(Ordering::Acquire) && until.is_some_and(|u| Instant::now() < u) {
+                std::thread::sleep(Duration::from_millis(20));
+                if Instant::now() < next {
+                    continue;
+                }
+                let _changing = topo.changing.lock().unwrap_or_else(|p| p.into_inner());
+                let migrate = migrations && k % 2 == 1;
+                k += 1;
+                let what = if migrate { "migration" } else { "failover" };
+                eprintln!(
+                    "chaos: t={:.3}s {what} of slot {slot} begins",
+                    t0.elapsed().as_secs_f64()
+                );
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    if migrate {
+                        let owner = cluster.owner_of_slot(slot);
+                        let to = if away && home != owner && cluster.primaries().contains(&home) {
+                            home
+                        } else {
+                            cluster.other_primary(owner)
+                        };
+                        topo.migrating.store(true, Ordering::Release);
+                        cluster.migrate_slot_with_pause(slot, to, Duration::from_millis(30));
+                        topo.owner.store(to, Ordering::Release);
+                        topo.migrating.store(false, Ordering::Release);
+                        topo.migrations.fetch_add(1, Ordering::AcqRel);
+                        away = to != home;
+                    } else {
+                        let new = cluster.failover(slot);
+                        topo.owner.store(new, Ordering::Release);
+                        topo.failovers.fetch_add(1, Ordering::AcqRel);
+                        if !away {
+                            home = new;
+                        }
+                    }
+                }));
+                eprintln!(
+                    "chaos: t={:.3}s {what} of slot {slot} ends, owner {}",
+                    t0.elapsed().as_secs_f64(),
+                    topo.owner.load(Ordering::Acquire)
+                );
+                if let Err(panic) = r {
+                    let why = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                        .unwrap_or_else(|| "a panic".to_owned());
+                    *topo.error.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(format!("a {what} of slot {slot} failed: {why}"));
+                    return;
+                }
+                next = Instant::now() + Duration::from_millis(fastrand::u64(2000..4000));
+            }
+        })
+    }
+
+    /// `--cluster`: the cluster (`REDIS_CLUSTER_URLS`, or started here), the slot of the
+    /// semaphore's keys and the thread that changes its topology.
+    #[cfg(feature = "cluster")]
+    struct ClusterRun {
+        cluster: Arc<super::cluster::RedisCluster>,
+        external: bool,
+        slot: u16,
+        topo: Arc<Topology>,
+        changes: Option<(JoinHandle<()>, Arc<AtomicBool>)>,
+        /// The connection that kills clients, to the owner of the slot (its port).
+        kill_con: Option<(u16, KeyConn)>,
+    }
+
+    #[cfg(feature = "cluster")]
+    impl ClusterRun {
+        fn start(name: &str) -> ClusterRun {
+            use super::cluster::{slot_of, RedisCluster};
+            let given: Vec<String> = std::env::var("REDIS_CLUSTER_URLS")
+                .unwrap_or_default()
+                .split(',')
+                .map(|u| u.trim().to_owned())
+                .filter(|u| !u.is_empty())
+                .collect();
+            let external = !given.is_empty();
+            let started = Instant::now();
+            let cluster = if external {
+                RedisCluster::external(&given)
+            } else {
+                RedisCluster::start()
+            };
+            if !external {
+                eprintln!("chaos: local cluster started in {:?}", started.elapsed());
+            }
+            let slot = slot_of(&format!("{{{name}}}"));
+            let topo = Arc::new(Topology::default());
+            topo.owner
+                .store(cluster.owner_of_slot(slot), Ordering::Release);
+            ClusterRun {
+                cluster: Arc::new(cluster),
+                external,
+                slot,
+                topo,
+                changes: None,
+                kill_con: None,
+            }
+        }
+
+        /// Every node's URL, comma-separated (the workers' `--url`).
+        fn node_urls(&self) -> String {
+            self.cluster.urls().join(",")
+        }
+
+        fn node_url(&self, port: u16) -> String {
+            let suffix = format!(":{port}/");
+            self.cluster
+                .urls()
+                .into_iter()
+                .find(|u| u.ends_with(&suffix))
+                .unwrap_or_else(|| format!("redis://127.0.0.1:{port}/"))
+        }
+
+        fn describe(&self) -> String {
+            format!(
+                "a cluster of {} nodes ({}), slot {} owned by {}",
+                self.cluster.ports().len(),
+                if self.external {
+                    "REDIS_CLUSTER_URLS"
+                } else {
+                    "started here"
+                },
+                self.slot,
+                self.node_url(self.topo.owner.load(Ordering::Acquire))
+            )
+        }
+
+        /// A connection to the slot's owner that follows it.
+        fn key_conn(&self) -> KeyConn {
+            KeyConn::new(
+                &self.node_url(self.topo.owner.load(Ordering::Acquire)),
+                true,
+            )
+        }
+
+        /// A handle on a coordinator of its own: `count` creates, else attach.
+        async fn semaphore(
+            &self,
+            name: &str,
+            lease: Duration,
+            count: Option<u32>,
+        ) -> Result<Semaphore<Rt>, Error> {
+            let sync = Coordinator::<Rt>::cluster(self.cluster.urls())
+                .connect()
+                .await?;
+            let b = sync.semaphore(name).lease_ttl(lease);
+            match count {
+                Some(n) => b.create(n).await,
+                None => b.attach(Some(Duration::from_secs(5))).await,
+            }
+        }
+
+        fn start_changes(&mut self, t0: Instant, migrations: bool, until: Option<Instant>) {
+            let stop = Arc::new(AtomicBool::new(false));
+            let thread = spawn_topology(
+                t0,
+                self.cluster.clone(),
+                self.slot,
+                migrations,
+                until,
+                self.topo.clone(),
+                stop.clone(),
+            );
+            self.changes = Some((thread, stop));
+        }
+
+        /// Waits for the change under way, if any, and stops changing.
+        fn stop_changes(&mut self) {
+            if let Some((thread, stop)) = self.changes.take() {
+                stop.store(true, Ordering::Release);
+                let _ = thread.join();
+            }
+        }
+
+        /// The slot's keys may be on two nodes now.
+        fn migrating(&self) -> bool {
+            self.topo.migrating.load(Ordering::Acquire)
+        }
+
+        /// Kills one random client connection of the slot's owner, but not during a change.
+        fn kill_one_client(&mut self) -> u64 {
+            let Ok(_quiet) = self.topo.changing.try_lock() else {
+                return 0;
+            };
+            let owner = self.topo.owner.load(Ordering::Acquire);
+            if self.kill_con.as_ref().map(|(p, _)| *p) != Some(owner) {
+                self.kill_con = Some((owner, KeyConn::new(&self.node_url(owner), false)));
+            }
+            match self.kill_con.as_mut() {
+                Some((_, con)) => kill_random_client(con, None, true),
+                None => 0,
+            }
+        }
+
+        /// A connection to the node that owns the slot now (as every node agrees), which
+        /// does not follow redirections: the end state is read there.
+        fn end_conn(&self) -> Result<KeyConn, String> {
+            let cluster = &self.cluster;
+            let slot = self.slot;
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cluster.owner_of_slot(slot)))
+                .map(|owner| KeyConn::new(&self.node_url(owner), false))
+                .map_err(|_| format!("no agreed owner of slot {slot} at the end"))
+        }
+
+        fn failovers(&self) -> u64 {
+            self.topo.failovers.load(Ordering::Acquire)
+        }
+
+        fn migrations(&self) -> u64 {
+            self.topo.migrations.load(Ordering::Acquire)
+        }
+
+        fn error(&self) -> Option<String> {
+            self.topo
+                .error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        }
+    }
+
+    /// Without the feature `cluster` there is no `--cluster` run (`main` refuses it).
+    #[cfg(not(feature = "cluster"))]
+    enum ClusterRun {}
+
+    #[cfg(not(feature = "cluster"))]
+    impl ClusterRun {
+        fn start(_name: &str) -> ClusterRun {
+            unreachable!("--cluster is refused without the feature cluster")
+        }
+        fn node_urls(&self) -> String {
+            match *self {}
+        }
+        fn describe(&self) -> String {
+            match *self {}
+        }
+        fn key_conn(&self) -> KeyConn {
+            match *self {}
+        }
+        async fn semaphore(
+            &self,
+            _name: &str,
+            _lease: Duration,
+            _count: Option<u32>,
+        ) -> Result<Semaphore<Rt>, Error> {
+            match *self {}
+        }
+        fn start_changes(&mut self, _t0: Instant, _migrations: bool, _until: Option<Instant>) {
+            match *self {}
+        }
+        fn stop_changes(&mut self) {
+            match *self {}
+        }
+        fn migrating(&self) -> bool {
+            match *self {}
+        }
+        fn kill_one_client(&mut self) -> u64 {
+            match *self {}
+        }
+        fn end_conn(&self) -> Result<KeyConn, String> {
+            match *self {}
+        }
+        fn failovers(&self) -> u64 {
+            match *self {}
+        }
+        fn migrations(&self) -> u64 {
+            match *self {}
+        }
+        fn error(&self) -> Option<String> {
+            match *self {}
+        }
+    }
+
+    /// A handle of this program on the semaphore, on the one server at `url` or on the
+    /// cluster: `count` creates it, else attach.
+    async fn parent_semaphore(
+        url: &str,
+        cluster: Option<&ClusterRun>,
+        name: &str,
+        lease: Duration,
+        count: Option<u32>,
+    ) -> Result<Semaphore<Rt>, Error> {
+        if let Some(c) = cluster {
+            return c.semaphore(name, lease, count).await;
+        }
+        let client = redis::Client::open(url)?;
+        let b = Semaphore::<Rt>::builder(&client, name).lease_ttl(lease);
+        match count {
+            Some(n) => b.create(n).await,
+            None => b.attach(Some(Duration::from_secs(5))).await,
+        }
     }
 
     /// One stay of a worker in its critical section, as it reported it (ms, wall clock).
@@ -594,18 +1163,20 @@ return {redis.call('LLEN', ARGV[1]), held}
     }
 
     fn parent(args: Args) -> i32 {
+        let name = format!("chaos-{:08x}", fastrand::u32(..));
         let mut _own_server = None;
-        let url = match std::env::var("REDIS_URL") {
-            Ok(u) => u,
-            Err(_) => {
+        // With --cluster: the cluster, the semaphore's slot, the topology changes.
+        let mut cluster = args.cluster.then(|| ClusterRun::start(&name));
+        let url = match (&cluster, std::env::var("REDIS_URL")) {
+            (Some(c), _) => c.node_urls(),
+            (None, Ok(u)) => u,
+            (None, Err(_)) => {
                 let s = server::RedisServer::start();
                 let u = s.url.clone();
                 _own_server = Some(s);
                 u
             }
         };
-        let name = format!("chaos-{:08x}", fastrand::u32(..));
-        let client = redis::Client::open(url.as_str()).expect("url");
         // With --network-faults the workers' library connections go through a relay.
         let relay = if args.network_faults {
             let Some((a, b)) = authority(&url) else {
@@ -630,20 +1201,30 @@ return {redis.call('LLEN', ARGV[1]), held}
             check: url.clone(),
         };
         println!(
-            "chaos: {} workers, count {}, lease {:?}, {} s on {url} (semaphore {name}){}",
+            "chaos: {} workers, count {}, lease {:?}, {} s on {} (semaphore {name}){}",
             args.processes,
             args.count,
             args.lease,
             args.secs,
-            match &relay {
-                Some(_) => format!("; network faults: workers connect to {}", urls.lib),
-                None => String::new(),
+            match &cluster {
+                Some(c) => c.describe(),
+                None => url.clone(),
+            },
+            match (&relay, &cluster) {
+                (Some(_), _) => format!("; network faults: workers connect to {}", urls.lib),
+                (None, Some(_)) => format!(
+                    "; failovers{} of its shard",
+                    if args.migrations {
+                        " and migrations of the slot"
+                    } else {
+                        ""
+                    }
+                ),
+                (None, None) => String::new(),
             }
         );
         if let Err(e) = block_on(async {
-            let sem = Semaphore::<Rt>::builder(&client, &name)
-                .lease_ttl(args.lease)
-                .create(args.count)
+            let sem = parent_semaphore(&url, cluster.as_ref(), &name, args.lease, Some(args.count))
                 .await?;
             sem.close();
             Ok::<_, Error>(())
@@ -652,13 +1233,22 @@ return {redis.call('LLEN', ARGV[1]), held}
             return 1;
         }
 
-        let mut con = named_connection(&client).expect("parent connection");
-        let my_id: u64 = redis::cmd("CLIENT").arg("ID").query(&mut con).unwrap();
-        let totals = redis::Script::new(TOTALS);
+        // This program's connections to the semaphore's keys (on a cluster, to the slot's
+        // owner, wherever it moves).
+        let key_conn = || match &cluster {
+            Some(c) => c.key_conn(),
+            None => KeyConn::new(&url, false),
+        };
+        let mut con = key_conn();
+        let my_id: u64 = con
+            .query(redis::cmd("CLIENT").arg("ID"))
+            .expect("parent connection");
         let b = base(&name);
         let (pool, pattern) = (format!("{b}:list"), format!("{b}:held:*"));
+        let mut totals = redis::cmd("EVAL");
+        totals.arg(TOTALS).arg(1).arg(&pool).arg(&pattern);
         let poller_stop = Arc::new(AtomicBool::new(false));
-        let poller = spawn_lease_poller(client.clone(), format!("{b}:leases"), poller_stop.clone());
+        let poller = spawn_lease_poller(key_conn(), format!("{b}:leases"), poller_stop.clone());
 
         let (out_tx, out_rx) = mpsc::channel::<String>();
         let mut workers: Vec<Worker> = (0..args.processes)
@@ -682,18 +1272,31 @@ return {redis.call('LLEN', ARGV[1]), held}
         let mut delay_until: Option<Instant> = None;
         let (mut blackholes, mut delays, mut resets) = (0u64, 0u64, 0u64);
         let mut bad_samples: Vec<(f64, i64, i64)> = Vec::new();
+        // Cluster: topology changes like network faults, none in the last lease + 1 s.
+        if let Some(c) = cluster.as_mut() {
+            c.start_changes(start, args.migrations, faults_end);
+        }
+        // Sums taken while the slot migrated (its keys on two nodes): not checked.
+        let mut skipped_samples = 0u64;
         while Instant::now() < end {
             std::thread::sleep(Duration::from_millis(20));
             let now = Instant::now();
-            match totals
-                .arg(&pool)
-                .arg(&pattern)
-                .invoke::<(i64, i64)>(&mut con)
-            {
+            let migrating = || cluster.as_ref().is_some_and(|c| c.migrating());
+            let migrated_before = migrating();
+            match con.query::<(i64, i64)>(&totals) {
+                Ok(_) | Err(_) if migrated_before || migrating() => skipped_samples += 1,
                 Ok((free, held)) => {
                     samples += 1;
                     if free + held != i64::from(args.count) {
                         bad_samples.push((start.elapsed().as_secs_f64(), free, held));
+                        if bad_samples.len() == 1 {
+                            println!(
+                                "chaos: first wrong sum at t={:.3}s (free {free}, held {held}); \
+                                 the keys {}",
+                                start.elapsed().as_secs_f64(),
+                                dump_keys(&mut con, &pool, &b)
+                            );
+                        }
                     }
                 }
                 Err(e) => eprintln!("chaos: sample failed: {e}"),
@@ -719,18 +1322,11 @@ return {redis.call('LLEN', ARGV[1]), held}
                 next_kill = now + Duration::from_millis(fastrand::u64(700..1300));
             }
             if now >= next_conn_kill {
-                if let Ok(ids) = client_ids(&mut con) {
-                    let others: Vec<u64> = ids.into_iter().filter(|&id| id != my_id).collect();
-                    if !others.is_empty() {
-                        let id = others[fastrand::usize(..others.len())];
-                        let n: redis::RedisResult<i64> = redis::cmd("CLIENT")
-                            .arg("KILL")
-                            .arg("ID")
-                            .arg(id)
-                            .query(&mut con);
-                        conn_kills += n.unwrap_or(0) as u64;
-                    }
-                }
+                // On a cluster, on the primary that owns the slot.
+                conn_kills += match cluster.as_mut() {
+                    Some(c) => c.kill_one_client(),
+                    None => kill_random_client(&mut con, Some(my_id), false),
+                };
                 next_conn_kill = now + Duration::from_millis(fastrand::u64(100..400));
             }
             if let Some(relay) = &relay {
@@ -767,6 +1363,9 @@ return {redis.call('LLEN', ARGV[1]), held}
             relay.set_delay(Duration::ZERO);
         }
         let net_faults = blackholes + delays + resets;
+        if let Some(c) = cluster.as_mut() {
+            c.stop_changes();
+        }
 
         // Stop: close every worker's stdin, give them time to finish, then kill stragglers.
         for w in workers.iter_mut() {
@@ -835,10 +1434,7 @@ return {redis.call('LLEN', ARGV[1]), held}
         // leases end. Poll (there is no signal for it) up to lease + renewal + slack.
         let bound = args.lease + args.lease.mul_f64(0.4) + Duration::from_secs(5);
         let end_state = block_on(async {
-            let sem = Semaphore::<Rt>::builder(&client, &name)
-                .lease_ttl(args.lease)
-                .attach(Some(Duration::from_secs(5)))
-                .await?;
+            let sem = parent_semaphore(&url, cluster.as_ref(), &name, args.lease, None).await?;
             let waited = Instant::now();
             loop {
                 let st = sem.inspect().await?;
@@ -855,34 +1451,39 @@ return {redis.call('LLEN', ARGV[1]), held}
                 sleep(Duration::from_millis(50)).await;
             }
         });
+        // On a cluster the raw end state is read on the node that owns the slot now, and
+        // only there (no redirection followed).
+        let mut end_failures = Vec::new();
+        if let Some(c) = &cluster {
+            match c.end_conn() {
+                Ok(end_con) => con = end_con,
+                Err(e) => end_failures.push(e),
+            }
+        }
         // Without the semaphore (its keys gone) report everything else all the same.
         let (st, live_held, waited, end_error) = match end_state {
             Ok((st, live, waited)) => (Some(st), live, waited, None),
             Err(e) => {
-                let keys: Vec<String> = redis::cmd("KEYS")
-                    .arg(format!("{b}*"))
-                    .query(&mut con)
+                let keys: Vec<String> = con
+                    .query(redis::cmd("KEYS").arg(format!("{b}*")))
                     .unwrap_or_default();
                 let why = format!("cannot inspect the semaphore at the end: {e}; keys: {keys:?}");
                 (None, 0, Duration::ZERO, Some(why))
             }
         };
-        let raw_free: i64 = redis::cmd("LLEN").arg(&pool).query(&mut con).unwrap_or(-1);
-        let (raw_free2, raw_held) = totals
-            .arg(&pool)
-            .arg(&pattern)
-            .invoke::<(i64, i64)>(&mut con)
-            .unwrap_or((-1, -1));
+        let raw_free: i64 = con.query(redis::cmd("LLEN").arg(&pool)).unwrap_or(-1);
+        let (raw_free2, raw_held) = con.query::<(i64, i64)>(&totals).unwrap_or((-1, -1));
         let stats_key = format!("chaos:{{{name}}}:stats");
-        let stats: HashMap<String, i64> = redis::cmd("HGETALL")
-            .arg(&stats_key)
-            .query(&mut con)
+        let stats: HashMap<String, i64> = con
+            .query(redis::cmd("HGETALL").arg(&stats_key))
             .unwrap_or_default();
-        let violations: Vec<String> = redis::cmd("LRANGE")
-            .arg(format!("chaos:{{{name}}}:violations"))
-            .arg(0)
-            .arg(9)
-            .query(&mut con)
+        let violations: Vec<String> = con
+            .query(
+                redis::cmd("LRANGE")
+                    .arg(format!("chaos:{{{name}}}:violations"))
+                    .arg(0)
+                    .arg(9),
+            )
             .unwrap_or_default();
         let (leases_lost, worst_told, late, unseen) = check_told(&stays, &ended, &expiry, run_end);
         let get = |k: &str| stats.get(k).copied().unwrap_or(0);
@@ -912,7 +1513,21 @@ return {redis.call('LLEN', ARGV[1]), held}
                 relay.accepted()
             );
         }
-        let mut failures = Vec::new();
+        let mut failures = end_failures;
+        if let Some(c) = &cluster {
+            println!(
+                "chaos: cluster: {} failovers, {} migrations; {skipped_samples} sums skipped \
+                 while the slot migrated; end state read on {}",
+                c.failovers(),
+                c.migrations(),
+                con.url()
+            );
+            if let Some(e) = c.error() {
+                failures.push(format!("topology change failed: {e}"));
+            } else if c.failovers() == 0 {
+                failures.push("no failover happened (a longer --secs?)".into());
+            }
+        }
         if !late.is_empty() {
             failures.push(format!(
                 "{} stays went on more than {LATE_SLACK_MS} ms past their lease's expiry \
@@ -958,16 +1573,23 @@ return {redis.call('LLEN', ARGV[1]), held}
         if crashed > 0 {
             failures.push(format!("{crashed} workers exited on their own"));
         }
-        let summary = format!(
+        let mut summary = format!(
             "acquisitions={acquisitions} kills={kills} conn_kills={conn_kills} \
              max_inside={max_inside} permits_end={permits_end} net_faults={net_faults} \
              leases_lost={leases_lost} worst_told_delay_ms={}",
             worst_told.map_or("none".to_owned(), |w| w.to_string())
         );
+        if let Some(c) = &cluster {
+            summary += &format!(" failovers={} migrations={}", c.failovers(), c.migrations());
+        }
         if failures.is_empty() {
             println!("chaos: ok {summary}");
             0
         } else {
+            println!(
+                "chaos: the keys at the end {}",
+                dump_keys(&mut con, &pool, &b)
+            );
             for f in &failures {
                 println!("chaos: violation: {f}");
             }
