@@ -313,7 +313,12 @@ impl<R: Runtime> Semaphore<R> {
                 }))
             }
             c => {
-                engine.count.store(c as u32, Ordering::Release);
+                let before = engine.count.swap(c as u32, Ordering::AcqRel);
+                if (c as u32) < before {
+                    // Held permits may be owed to the reduction: until the next renewal
+                    // says none are, releases go through Redis.
+                    engine.reduction_pending.store(true, Ordering::Release);
+                }
                 Ok(c as u32)
             }
         }

@@ -866,11 +866,6 @@ fn show(s: Stored) -> String {
 /// must not wait forever: it gets the lock again (the tokens start again at 1, as
 /// documented) or fails. A semaphore's watchdog re-creates its pool in this situation.
 #[test]
-#[ignore = "BUG: after a Redis restart without persistence a live Mutex handle's lock() \
-            waits forever (lock_timeout keeps returning Timeout, inspect shows count None) \
-            until some process calls Mutex::open again: the watchdog re-creates lost \
-            metadata only for Kind::Semaphore (src/engine/lease.rs), and RENEW checks the \
-            metadata only when the keys expire (never for a mutex)"]
 fn lock_comes_back_after_redis_restart() {
     let mut server = common::RedisServer::start();
     let client = redis::Client::open(server.url.as_str()).unwrap();
@@ -911,9 +906,6 @@ fn lock_comes_back_after_redis_restart() {
 /// grant may carry a token handed out before: the lock may refuse or wait, but a repeated
 /// token lets a stale holder past a storage that accepts equal tokens.
 #[test]
-#[ignore = "BUG: once <prefix>:{name}:meta is gone, the scripts' put() no longer sees \
-            fenced=1 and pushes the token back unchanged, so every later grant carries \
-            the same token (1, 1, 1, ...): fencing stops silently (src/scripts/mod.rs)"]
 fn tokens_never_repeat_after_metadata_loss() {
     run_tokio(async {
         let client = common::client();

@@ -58,15 +58,19 @@ pub(crate) async fn renew_once<R: Runtime>(engine: &Arc<Engine<R>>) -> Result<()
         .arg(u8::from(engine.keep_pool_ttl()))
         .arg(GRAVE.as_millis() as u64)
         .arg(engine.give_back_side())
-        .arg(keys.has_meta());
+        .arg(keys.has_meta())
+        .arg(u8::from(engine.is_fenced()));
     for g in &gens {
         inv.arg(&g.id);
     }
     let mut conn = engine.conn.clone();
     let sent = Instant::now();
-    type Renewed = (i64, Vec<i64>, Vec<String>, Vec<String>, Vec<String>, u32);
-    let (meta_ok, status, expired, due, newest, count): Renewed =
+    type Renewed = (i64, Vec<i64>, Vec<String>, Vec<String>, Vec<String>, u32, u32);
+    let (meta_ok, status, expired, due, newest, count, debt): Renewed =
         inv.invoke_async(&mut conn).await?;
+    engine
+        .reduction_pending
+        .store(debt > 0, std::sync::atomic::Ordering::Release);
     let expires_by = engine.loss_deadline(sent);
     trace_event!(trace, primitive = %keys.pool, leases = gens.len(), took = ?sent.elapsed(), "renewed");
     for (gen, renewed) in gens.iter().zip(status) {
@@ -83,7 +87,9 @@ pub(crate) async fn renew_once<R: Runtime>(engine: &Arc<Engine<R>>) -> Result<()
             .store(count, std::sync::atomic::Ordering::Release);
     }
     let count = engine.count.load(std::sync::atomic::Ordering::Acquire);
-    if meta_ok == 0 && engine.cfg.kind == Kind::Semaphore && count > 0 && !engine.is_closed() {
+    // Metadata gone while this handle lives (Redis lost its data): re-created, so that
+    // waiters do not wait forever for a pool that no longer exists.
+    if meta_ok == 0 && engine.cfg.kind != Kind::Event && count > 0 && !engine.is_closed() {
         match crate::init::ensure_pool(engine, count).await {
             // Nothing this handle can repair: `create` reports it to whoever asks.
             Ok(_) | Err(Error::MetadataMissing) => {}
@@ -209,6 +215,7 @@ pub(super) fn reclaim_call<R: Runtime>(
     let ttl = engine.key_ttl_ms();
     let graves_ttl = engine.ttl_ms() + GRAVE.as_millis() as u64;
     let side = engine.give_back_side();
+    let fenced = u8::from(engine.is_fenced());
     let mut conn = engine.conn.clone();
     async move {
         let mut inv = RECLAIM.prepare_invoke();
@@ -225,7 +232,8 @@ pub(super) fn reclaim_call<R: Runtime>(
             .arg(side)
             .arg(force)
             .arg(graves_ttl)
-            .arg(keys.has_meta());
+            .arg(keys.has_meta())
+            .arg(fenced);
         for h in &holders {
             inv.arg(h);
         }

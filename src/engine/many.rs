@@ -491,7 +491,8 @@ impl<R: Runtime> Engine<R> {
             .arg(self.give_back_side())
             .arg(keys.has_meta())
             .arg(n)
-            .arg(u8::from(gate));
+            .arg(u8::from(gate))
+            .arg(u8::from(self.is_fenced()));
         let mut conn = self.conn.clone();
         gen.begin_call();
         let engine = self.clone();

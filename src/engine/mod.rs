@@ -146,6 +146,9 @@ pub(crate) struct Engine<R: Runtime> {
     pub cfg: Config,
     /// The permit count once known (0 until then); events leave it 0.
     pub count: AtomicU32,
+    /// A lowered count still has permits to destroy as they come back: released permits
+    /// then go through Redis (where they are destroyed), not to a local waiter.
+    pub(crate) reduction_pending: AtomicBool,
     holder_base: String,
     next_gen: AtomicU64,
     /// What it did, for [`Stats`].
@@ -197,6 +200,7 @@ impl<R: Runtime> Engine<R> {
             ctx: ctx.clone(),
             cfg,
             count: AtomicU32::new(0),
+            reduction_pending: AtomicBool::new(false),
             holder_base: format!("{:016x}", fastrand::u64(..)),
             next_gen: AtomicU64::new(0),
             next_block: AtomicU64::new(0),

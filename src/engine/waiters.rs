@@ -599,7 +599,11 @@ impl<R: Runtime> Engine<R> {
             // A fence grows only through Redis; a waiting writer is not overtaken locally.
             Kind::Mutex | Kind::RwLock => 0,
         };
-        if held.handoffs >= limit || !held.gen.is_usable() || !self.is_current(&held.gen) {
+        if held.handoffs >= limit
+            || !held.gen.is_usable()
+            || !self.is_current(&held.gen)
+            || self.reduction_pending.load(Ordering::Acquire)
+        {
             return Some(held);
         }
         held.handoffs += 1;
@@ -630,7 +634,8 @@ impl<R: Runtime> Engine<R> {
             .arg(self.give_back_side())
             .arg(keys.has_meta())
             .arg(1)
-            .arg(0);
+            .arg(0)
+            .arg(u8::from(self.is_fenced()));
         gen.begin_call();
         let call = async move { inv.invoke_async::<i64>(&mut conn).await };
         let (engine, g) = (self.clone(), gen.clone());

@@ -41,36 +41,44 @@ local function keep(key, ms)
   local t = redis.call('PTTL', key)
   if t == -1 or (t >= 0 and t < ms) then redis.call('PEXPIRE', key, ms) end
 end
+-- The next fence after token `t`: one more than the counter, and than `t` itself, so that
+-- fences keep growing even if the metadata (the counter) was lost meanwhile.
+local function next_fence(t, meta)
+  local c = redis.call('HINCRBY', meta, 'fence', 1)
+  local n = tonumber(t) or 0
+  if c <= n then
+    c = n + 1
+    redis.call('HSET', meta, 'fence', c)
+  end
+  return tostring(c)
+end
 -- Puts back one token `t` a holder gave up: the gate token (`G`) to the gate list; a
--- permit owed to a lowered count (`debt`) nowhere; a fenced token (a mutex's) as the next
--- fence, so that every grant carries a number greater than all before; any other token
--- to the pool, on `side`. `meta` is '' for primitives without metadata (events).
+-- permit owed to a lowered count (`debt`) nowhere; a fenced token (a mutex's: `fenced`
+-- is '1', told by the caller, which knows what it opened) as the next fence, so that every
+-- grant carries a number greater than all before; any other token to the pool, on
+-- `side`. `meta` is '' for primitives without metadata (events).
 -- Returns 1 for a permit (or signal) put back or destroyed, 0 for the gate token.
-local function put(t, pool, gate, meta, side)
+local function put(t, pool, gate, meta, side, fenced)
   if t == 'G' then
     redis.call('RPUSH', gate, t)
     return 0
   end
   if meta ~= '' then
-    local f = redis.call('HMGET', meta, 'debt', 'fenced')
-    if f[1] and tonumber(f[1]) > 0 then
+    local d = redis.call('HGET', meta, 'debt')
+    if d and tonumber(d) > 0 then
       redis.call('HINCRBY', meta, 'debt', -1)
       return 1
     end
-    if f[2] == '1' then t = tostring(redis.call('HINCRBY', meta, 'fence', 1)) end
+    if fenced == '1' then t = next_fence(t, meta) end
   end
   if side == 'LEFT' then redis.call('LPUSH', pool, t) else redis.call('RPUSH', pool, t) end
   return 1
 end
 -- Puts back every token of `from` (see `put`); returns how many permits went back. Reads
 -- the metadata once, not once per token: a mass reclaim stays cheap.
-local function drain(from, pool, gate, meta, side)
-  local debt, fenced = 0, false
-  if meta ~= '' then
-    local f = redis.call('HMGET', meta, 'debt', 'fenced')
-    debt = tonumber(f[1] or '0')
-    fenced = f[2] == '1'
-  end
+local function drain(from, pool, gate, meta, side, fenced)
+  local debt = 0
+  if meta ~= '' then debt = tonumber(redis.call('HGET', meta, 'debt') or '0') end
   local n, destroyed = 0, 0
   while true do
     local t = redis.call('LPOP', from)
@@ -81,7 +89,7 @@ local function drain(from, pool, gate, meta, side)
       destroyed = destroyed + 1
       n = n + 1
     else
-      if fenced then t = tostring(redis.call('HINCRBY', meta, 'fence', 1)) end
+      if fenced == '1' and meta ~= '' then t = next_fence(t, meta) end
       if side == 'LEFT' then redis.call('LPUSH', pool, t) else redis.call('RPUSH', pool, t) end
       n = n + 1
     end
@@ -162,7 +170,7 @@ return t
 /// gate too. The gate token is never given back by mistake: a request of the same holder
 /// may be collecting under it.
 /// KEYS: pool, held, gate, meta (or pool). ARGV: pool ttl_ms (0: the pool keeps no TTL),
-/// side, has_meta (1/0), n, gate (1/0).
+/// side, has_meta (1/0), n, gate (1/0), fenced (1/0).
 /// Returns how many permits went back: 0 when the holder's list was empty (reclaimed).
 pub(crate) static GIVE_BACK: LazyLock<Script> = LazyLock::new(|| {
     script(
@@ -179,7 +187,7 @@ while given < tonumber(ARGV[4]) do
     if seen_gate then break end
     seen_gate = true
   else
-    given = given + put(t, KEYS[1], KEYS[3], meta, ARGV[2])
+    given = given + put(t, KEYS[1], KEYS[3], meta, ARGV[2], ARGV[6])
   end
 end
 if ARGV[5] == '1' and redis.call('LREM', KEYS[2], 1, 'G') == 1 then
@@ -212,11 +220,13 @@ return 1
 /// one waits for the next client, however late. The graves set always lives `lease +
 /// grave` past its last change, long enough for every member's final sweep.
 /// KEYS: leases, graves, pool, meta (or pool again), gate, held_1..held_n.
-/// ARGV: lease ms, expiring (1/0), grave_ms, side, has_meta (1/0), holder_1..holder_n.
+/// ARGV: lease ms, expiring (1/0), grave_ms, side, has_meta (1/0), fenced (1/0),
+/// holder_1..holder_n.
 /// Returns {meta_ok, {status_i (1 renewed, 0 lost)}, {expired holders}, {due graves},
 /// {newest graves}, count}: at most 64 expired holders and 64 due graves (call `DUE` for
 /// the next batches), the 16 newest graves, the likeliest to receive a late move, and the
-/// count in the metadata (0 when none), so that every handle learns a resize.
+/// count and pending reduction (`debt`) in the metadata (0 when none), so that every
+/// handle learns a resize.
 pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -226,8 +236,8 @@ local now = now_ms()
 local meta = ''
 if ARGV[5] == '1' then meta = KEYS[4] end
 local status = {}
-for i = 1, #ARGV - 5 do
-  local h = ARGV[5 + i]
+for i = 1, #ARGV - 6 do
+  local h = ARGV[6 + i]
   local held = KEYS[5 + i]
   local e = redis.call('ZSCORE', KEYS[1], h)
   if e and tonumber(e) > now then
@@ -236,7 +246,7 @@ for i = 1, #ARGV - 5 do
     status[i] = 1
   else
     if e then
-      drain(held, KEYS[3], KEYS[5], meta, ARGV[4])
+      drain(held, KEYS[3], KEYS[5], meta, ARGV[4], ARGV[6])
       redis.call('ZREM', KEYS[1], h)
       redis.call('ZADD', KEYS[2], now + grave, h)
     end
@@ -252,15 +262,20 @@ if ARGV[2] == '1' then
   keep(KEYS[3], ms + grave)
   keep(KEYS[4], ms + grave)
   keep(KEYS[5], ms + grave)
-  if redis.call('HEXISTS', KEYS[4], 'count') == 0 then meta_ok = 0 end
 end
-local count = 0
-if meta ~= '' then count = tonumber(redis.call('HGET', meta, 'count') or '0') end
+-- Metadata gone while clients live (Redis lost its data): the caller re-creates it.
+if meta ~= '' and redis.call('HEXISTS', meta, 'count') == 0 then meta_ok = 0 end
+local count, debt = 0, 0
+if meta ~= '' then
+  local m = redis.call('HMGET', meta, 'count', 'debt')
+  count = tonumber(m[1] or '0')
+  debt = tonumber(m[2] or '0')
+end
 keep(KEYS[2], ms + grave)
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 64)
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 64)
 local newest = redis.call('ZREVRANGEBYSCORE', KEYS[2], '+inf', '(' .. now, 'LIMIT', 0, 16)
-return {meta_ok, status, expired, due, newest, count}
+return {meta_ok, status, expired, due, newest, count, debt}
 "#,
     )
 });
@@ -283,7 +298,8 @@ return {expired, due}
 /// still in flight for them when they were reclaimed is given back too. A grave past its
 /// time gets a last sweep and is removed.
 /// KEYS: leases, graves, pool, gate, meta (or pool), held_1..held_n. ARGV: key TTL ms
-/// (0: none), grave_ms, side, force, graves TTL ms, has_meta (1/0), holder_1..holder_n.
+/// (0: none), grave_ms, side, force, graves TTL ms, has_meta (1/0), fenced (1/0),
+/// holder_1..holder_n.
 /// Returns how many permits (or signals) went back; a gate token goes back to the gate.
 pub(crate) static RECLAIM: LazyLock<Script> = LazyLock::new(|| {
     script(
@@ -295,20 +311,20 @@ local now = now_ms()
 local meta = ''
 if ARGV[6] == '1' then meta = KEYS[5] end
 local moved = 0
-for i = 1, #ARGV - 6 do
-  local h = ARGV[6 + i]
+for i = 1, #ARGV - 7 do
+  local h = ARGV[7 + i]
   local held = KEYS[5 + i]
   local e = redis.call('ZSCORE', KEYS[1], h)
   if e then
     if i <= force or tonumber(e) <= now then
-      moved = moved + drain(held, KEYS[3], KEYS[4], meta, ARGV[3])
+      moved = moved + drain(held, KEYS[3], KEYS[4], meta, ARGV[3], ARGV[7])
       redis.call('ZREM', KEYS[1], h)
       redis.call('ZADD', KEYS[2], now + grave, h)
     end
   else
     local g = redis.call('ZSCORE', KEYS[2], h)
     if g then
-      moved = moved + drain(held, KEYS[3], KEYS[4], meta, ARGV[3])
+      moved = moved + drain(held, KEYS[3], KEYS[4], meta, ARGV[3], ARGV[7])
       if tonumber(g) <= now then redis.call('ZREM', KEYS[2], h) end
     end
   end
@@ -357,15 +373,33 @@ end
 local count = tonumber(ARGV[1])
 local want = math.max(count - held, 0)
 local free = redis.call('LLEN', KEYS[2])
+-- A mutex (re-)created: its fence starts above every token still held or free (its
+-- metadata may have been lost under live holders), so that tokens never go back.
+local top = 0
+if ARGV[5] == '1' then
+  for _, t in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do top = math.max(top, tonumber(t) or 0) end
+  for i = 1, members do
+    for _, t in ipairs(redis.call('LRANGE', KEYS[4 + i], 0, -1)) do
+      top = math.max(top, tonumber(t) or 0)
+    end
+  end
+end
 if free < want then
   local t = {}
-  for i = 1, want - free do t[i] = ARGV[2] end
+  for i = 1, want - free do
+    if ARGV[5] == '1' then
+      top = top + 1
+      t[i] = tostring(top)
+    else
+      t[i] = ARGV[2]
+    end
+  end
   redis.call('RPUSH', KEYS[2], unpack(t))
 elseif free > want then
   if want == 0 then redis.call('DEL', KEYS[2]) else redis.call('LTRIM', KEYS[2], 0, want - 1) end
 end
 redis.call('HSET', KEYS[1], 'count', count)
-if ARGV[5] == '1' then redis.call('HSET', KEYS[1], 'fenced', 1, 'fence', ARGV[2]) end
+if ARGV[5] == '1' then redis.call('HSET', KEYS[1], 'fenced', 1, 'fence', math.max(top, 1)) end
 redis.call('HDEL', KEYS[1], 'debt')
 -- A gate held by a live holder stays with it; otherwise there is one in the gate list.
 local gate_held = false
@@ -506,8 +540,18 @@ pub(crate) static HARDEN: LazyLock<Script> = LazyLock::new(|| {
 local now = now_ms()
 local e = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not e or tonumber(e) <= now then return -1 end
-local t = redis.call('LMOVE', KEYS[2], KEYS[3], 'RIGHT', 'RIGHT')
+-- A permit, never the gate token a request of the same handle may be collecting under.
+local t = redis.call('RPOP', KEYS[2])
+if t == 'G' then
+  redis.call('LPUSH', KEYS[2], t)
+  t = redis.call('RPOP', KEYS[2])
+  if t == 'G' then
+    redis.call('RPUSH', KEYS[2], t)
+    t = nil
+  end
+end
 if not t then return 0 end
+redis.call('RPUSH', KEYS[3], t)
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
 local ms = tonumber(ARGV[4])
 if ms > 0 then keep(KEYS[3], ms + tonumber(ARGV[3])) end
