@@ -2,6 +2,9 @@
 //!
 //! ```text
 //! cargo run --release --example loadgen -- --tasks 64 --count 8 --secs 10
+//! cargo run --release --example loadgen -- --coordinator 1 --handles 64 --tasks 64 --count 8
+//! cargo run --release --example loadgen -- --mode names --names 1000 --secs 5
+//! cargo run --release --example loadgen --features cluster -- --mode names --names 1000 --cluster
 //! cargo run --release --example loadgen -- --mode handoff --rounds 2000
 //! cargo run --release --example loadgen -- --mode waiters --tasks 10000
 //! cargo run --release --example loadgen -- --mode longlived --cycles 1000000
@@ -9,11 +12,44 @@
 //!
 //! Modes:
 //! - `cycle` (default): `--tasks` tasks on `--handles` handles (default 1) of one semaphore
-//!   of `--count` permits loop acquire then release for `--secs` seconds. The last line is
+//!   of `--count` permits loop acquire then release for `--secs` seconds; task `t` uses
+//!   handle `t % handles`. Each handle has its own connections, unless `--coordinator 1`:
+//!   then every handle is made from ONE [`Coordinator`] (one shared connection plus at most
+//!   `--max-blocking` blocking connections, default 64 here), as an application with one
+//!   coordinator would. `--handles 64 --tasks 64 --count 8` is 64 holders, one handle per
+//!   task: the shape of redis-semaphore's bench (`../shared/bench/node/bench.js`).
+//!   The last line is
 //!   `loadgen: ops_per_sec=... p50_us=... p99_us=... connections=...`, where the latency is
 //!   one acquire+release cycle (waiting included) and `connections` the client connections
-//!   the server accepted from the creation of the handles to the end of the run.
+//!   the server(s) accepted from before the handles (and the coordinator) were created to
+//!   the end of the run. Before it: `loadgen: server commands per cycle: evalsha=...
+//!   blmove=... client_unblock=...` (`INFO commandstats` of the primaries), `loadgen:
+//!   server commands (those scripts run included): ...`, `loadgen: server cpu: ...`, one
+//!   `loadgen: node ...` line per node, with a coordinator `loadgen: coordinator: ...`
+//!   (these as in `names`), and `loadgen: ops=... peak_open_connections=...
+//!   free_after=... held_after=...`.
 //!   `--release drop` drops the permit instead of awaiting `permit.release()`.
+//! - `names`: `--names N` (default 100) semaphores of `--count` permits (default 1) on ONE
+//!   coordinator (`--max-blocking`, default the library's 32), and `--tasks` tasks (default
+//!   2 per name), task `t` with a handle of its own on name `t % N`: with the defaults every
+//!   name has one holder and one waiter at any time, every cycle goes through Redis (no
+//!   local handoff between tasks: each is a holder of its own) and up to N waits want a
+//!   blocking connection at once, more than the cap from 33 names on, so the connections
+//!   rotate. Loops acquire/release for `--secs`. After the run, `inspect()` of every name
+//!   checks `free + held == count`. Output, last line first:
+//!   `names: names=N tasks=T count=C ops_per_sec=... p50_us=... p99_us=... connections=...
+//!   peak_open=... blocking_peak=... max_blocking=... queued_peak=... redirections=...
+//!   permits_ok=true|false`, where `connections` counts the connections the server(s)
+//!   accepted from before the coordinator was created to the end (on a cluster: summed
+//!   over every primary and replica), `peak_open` the most open at once beyond the
+//!   baseline (sampled every 100 ms), `blocking_peak`/`queued_peak` the most blocking
+//!   connections / waits queued for one in the coordinator's `stats()` (sampled too), and
+//!   `redirections` the `MOVED`/`ASK`/`TRYAGAIN` replies the nodes gave. Before it, the
+//!   lines `loadgen: server commands per cycle: ...`, `loadgen: server cpu: ...`, one
+//!   `loadgen: node PORT primary|replica: opened=... peak_open=... cpu_s=...` per node, and
+//!   `loadgen: coordinator: primitives=... blocking_connections=... peak_blocking=...
+//!   max_blocking=... queued_waits=... peak_queued=... grants=... timeouts=...
+//!   lost_leases=... background_errors=...`.
 //! - `handoff`: a permit released by one handle reaches a task waiting on a second handle,
 //!   created separately, through Redis; `--rounds` samples, compared with the PING round
 //!   trip on a dedicated connection measured in the same run, and with the same handoff
@@ -31,14 +67,30 @@
 //!   at the start, after the first `--kill-every` cycles and at the end; the last line is
 //!   `longlived: ok|FAILED cycles=... rss_start_kb=... rss_end_kb=... keys_start=...
 //!   keys_end=...`.
+//! - `cluster-serve` (feature `cluster`): starts a local cluster (6 nodes: 3 primaries, 3
+//!   replicas, `tests/common/cluster.rs`), prints
+//!   `cluster: REDIS_CLUSTER_URLS=redis://127.0.0.1:P1/,...` and serves until its standard
+//!   input closes (then stops the nodes). Scripts use it to run several `--cluster` runs on
+//!   the same nodes.
+//!
+//! `--cluster` (no value; build with `--features cluster`) runs `cycle` (always with a
+//! coordinator) or `names` on a Redis Cluster through [`Coordinator::cluster`]: the nodes of
+//! `REDIS_CLUSTER_URLS` (every node, comma-separated), or a local cluster started for the
+//! run. Names are spread over the primaries by their hash slot (`loadgen: names per
+//! primary: ...`).
 //!
 //! `--runtime smol` runs on smol (build with `--features smol`); `--threads N` sets tokio's
 //! worker threads (0: the current-thread runtime); the scenario runs as a task of the
 //! runtime unless `--on-main 1`. Uses `REDIS_URL`, or starts its own redis-server from
 //! PATH.
 
+#[cfg(feature = "cluster")]
+#[path = "../tests/common/cluster.rs"]
+mod cluster;
 #[path = "support/longlived.rs"]
 mod longlived;
+#[path = "support/nodes.rs"]
+mod nodes;
 #[path = "support/scenarios.rs"]
 #[allow(dead_code)]
 mod scenarios;
@@ -52,11 +104,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis_sync::Runtime;
-use scenarios::{micros, quantile, BoxError, ConnCount, Monitor, Release, Res, Stop};
+use futures::StreamExt;
+use nodes::{NodeSnap, Nodes, NodesDelta};
+use redis_sync::{Coordinator, Runtime, Semaphore};
+use scenarios::{micros, quantile, Release, Res, Stop};
 
-const USAGE: &str = "usage: loadgen [--mode cycle|handoff|waiters|longlived] [--tasks N] \
-[--count N] [--secs S] [--handles N] [--rounds N] [--cancel-every N] [--race-every N] \
+const USAGE: &str = "usage: loadgen [--mode cycle|names|handoff|waiters|longlived|cluster-serve] \
+[--tasks N] [--count N] [--secs S] [--handles N] [--coordinator 0|1] [--max-blocking N] \
+[--names N] [--cluster] [--rounds N] [--cancel-every N] [--race-every N] \
 [--cycles N] [--kill-every N] \
 [--release await|drop] [--runtime tokio|smol] [--threads N] [--on-main 0|1] [--name NAME]";
 
@@ -67,6 +122,10 @@ struct Args {
     count: Option<u32>,
     secs: f64,
     handles: usize,
+    coordinator: bool,
+    max_blocking: Option<usize>,
+    names: usize,
+    cluster: bool,
     rounds: usize,
     cancel_every: usize,
     race_every: usize,
@@ -87,6 +146,10 @@ impl Args {
             count: None,
             secs: 10.0,
             handles: 1,
+            coordinator: false,
+            max_blocking: None,
+            names: 100,
+            cluster: false,
             rounds: 2000,
             cancel_every: 3,
             race_every: 10,
@@ -103,6 +166,10 @@ impl Args {
                 println!("{USAGE}");
                 std::process::exit(0);
             }
+            if flag == "--cluster" {
+                a.cluster = true;
+                continue;
+            }
             let value = it
                 .next()
                 .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
@@ -113,6 +180,9 @@ impl Args {
                 "--count" => a.count = Some(value.parse().map_err(|e| bad(&e))?),
                 "--secs" => a.secs = value.parse().map_err(|e| bad(&e))?,
                 "--handles" => a.handles = value.parse().map_err(|e| bad(&e))?,
+                "--coordinator" => a.coordinator = value == "1",
+                "--max-blocking" => a.max_blocking = Some(value.parse().map_err(|e| bad(&e))?),
+                "--names" => a.names = value.parse().map_err(|e| bad(&e))?,
                 "--rounds" => a.rounds = value.parse().map_err(|e| bad(&e))?,
                 "--cancel-every" => a.cancel_every = value.parse().map_err(|e| bad(&e))?,
                 "--race-every" => a.race_every = value.parse().map_err(|e| bad(&e))?,
@@ -132,19 +202,214 @@ impl Args {
                 _ => return Err(format!("unknown flag {flag}\n{USAGE}").into()),
             }
         }
-        if a.handles == 0 || a.tasks == Some(0) || a.rounds == 0 {
-            return Err(
-                format!("--handles, --tasks and --rounds must be at least 1\n{USAGE}").into(),
-            );
+        if a.handles == 0
+            || a.tasks == Some(0)
+            || a.rounds == 0
+            || a.names == 0
+            || a.max_blocking == Some(0)
+        {
+            return Err(format!(
+                "--handles, --tasks, --rounds, --names and --max-blocking must be at least 1\n{USAGE}"
+            )
+            .into());
+        }
+        if a.cluster && !matches!(a.mode.as_str(), "cycle" | "names") {
+            return Err(format!("--cluster works with --mode cycle or names\n{USAGE}").into());
         }
         Ok(a)
+    }
+
+    /// Whether the handles come from one coordinator.
+    fn coordinated(&self) -> bool {
+        self.coordinator || self.cluster || self.mode == "names"
+    }
+}
+
+/// Where the run goes: one server, or a cluster (every node, to count on).
+#[derive(Clone, Debug)]
+enum Topo {
+    Single {
+        client: redis::Client,
+        host: String,
+        port: u16,
+    },
+    #[cfg(feature = "cluster")]
+    Cluster {
+        urls: Vec<String>,
+        /// `(host, port, is_primary)` of every node.
+        nodes: Vec<(String, u16, bool)>,
+        /// `(first slot, last slot, owner port)`.
+        slots: Vec<(u16, u16, u16)>,
+    },
+}
+
+impl Topo {
+    fn client(&self) -> Res<&redis::Client> {
+        match self {
+            Topo::Single { client, .. } => Ok(client),
+            #[cfg(feature = "cluster")]
+            Topo::Cluster { .. } => Err("this mode needs one server, not --cluster".into()),
+        }
+    }
+
+    fn nodes(&self) -> Vec<(String, u16, bool)> {
+        match self {
+            Topo::Single { host, port, .. } => vec![(host.clone(), *port, true)],
+            #[cfg(feature = "cluster")]
+            Topo::Cluster { nodes, .. } => nodes.clone(),
+        }
+    }
+
+    fn label(&self) -> String {
+        match self {
+            Topo::Single { port, .. } => format!("single(port {port})"),
+            #[cfg(feature = "cluster")]
+            Topo::Cluster { nodes, .. } => format!(
+                "cluster({} primaries, {} nodes)",
+                nodes.iter().filter(|n| n.2).count(),
+                nodes.len()
+            ),
+        }
+    }
+
+    /// `PORT=n ...`: how many of `names` each primary owns (a cluster), or `None`.
+    fn names_per_primary(&self, names: &[String]) -> Option<String> {
+        match self {
+            Topo::Single { .. } => {
+                let _ = names;
+                None
+            }
+            #[cfg(feature = "cluster")]
+            Topo::Cluster { nodes, slots, .. } => {
+                let mut per: Vec<(u16, usize)> = nodes
+                    .iter()
+                    .filter(|n| n.2)
+                    .map(|n| (n.1, 0usize))
+                    .collect();
+                for name in names {
+                    // The keys of a primitive share the hash tag `{name}`.
+                    let slot = cluster::slot_of(&format!("{{{name}}}"));
+                    if let Some(&(_, _, owner)) =
+                        slots.iter().find(|&&(a, b, _)| a <= slot && slot <= b)
+                    {
+                        if let Some(p) = per.iter_mut().find(|p| p.0 == owner) {
+                            p.1 += 1;
+                        }
+                    }
+                }
+                Some(
+                    per.iter()
+                        .map(|(p, n)| format!("{p}={n}"))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                )
+            }
+        }
+    }
+
+    async fn coordinator<R: Runtime>(&self, max_blocking: usize) -> Res<Coordinator<R>> {
+        Ok(match self {
+            Topo::Single { client, .. } => {
+                Coordinator::<R>::builder(client)
+                    .max_blocking_connections(max_blocking)
+                    .connect()
+                    .await?
+            }
+            #[cfg(feature = "cluster")]
+            Topo::Cluster { urls, .. } => {
+                Coordinator::<R>::cluster(urls.iter().map(String::as_str))
+                    .max_blocking_connections(max_blocking)
+                    .connect()
+                    .await?
+            }
+        })
+    }
+}
+
+/// What keeps the servers of the run alive (a redis-server or a cluster of our own).
+type Keep = Box<dyn std::any::Any>;
+
+fn open_topo(args: &Args) -> Res<(Topo, Keep)> {
+    if args.cluster {
+        return open_cluster();
+    }
+    let (url, server) = small_demo::redis_url();
+    let client = redis::Client::open(url)?;
+    let (host, port) = match client.get_connection_info().addr() {
+        redis::ConnectionAddr::Tcp(h, p) => (h.clone(), *p),
+        other => return Err(format!("loadgen counts connections over TCP, not {other}").into()),
+    };
+    Ok((Topo::Single { client, host, port }, Box::new(server)))
+}
+
+#[cfg(feature = "cluster")]
+fn open_cluster() -> Res<(Topo, Keep)> {
+    let c = match std::env::var("REDIS_CLUSTER_URLS") {
+        Ok(v) if !v.trim().is_empty() => {
+            let urls = v
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>();
+            cluster::RedisCluster::external(&urls)
+        }
+        _ => cluster::RedisCluster::start(),
+    };
+    let slots = c.slot_map();
+    let primaries = c.primaries();
+    let nodes = c
+        .urls()
+        .iter()
+        .zip(c.ports())
+        .map(|(url, port)| {
+            let host = url
+                .trim_start_matches("redis://")
+                .rsplit_once(':')
+                .map_or("127.0.0.1", |(h, _)| h)
+                .to_owned();
+            (host, port, primaries.contains(&port))
+        })
+        .collect();
+    let topo = Topo::Cluster {
+        urls: c.urls(),
+        nodes,
+        slots,
+    };
+    Ok((topo, Box::new(c)))
+}
+
+#[cfg(not(feature = "cluster"))]
+fn open_cluster() -> Res<(Topo, Keep)> {
+    Err("--cluster needs the cargo feature `cluster`: \
+         cargo run --release --example loadgen --features cluster -- ..."
+        .into())
+}
+
+/// `--mode cluster-serve`: a local cluster until standard input closes.
+fn cluster_serve() -> Res<()> {
+    #[cfg(feature = "cluster")]
+    {
+        use std::io::Read;
+        let c = cluster::RedisCluster::start();
+        println!("cluster: REDIS_CLUSTER_URLS={}", c.urls().join(","));
+        // Serves until standard input closes (the script that started it is gone).
+        let mut sink = Vec::new();
+        let _ = std::io::stdin().read_to_end(&mut sink);
+        drop(c);
+        Ok(())
+    }
+    #[cfg(not(feature = "cluster"))]
+    {
+        open_cluster().map(drop)
     }
 }
 
 fn main() -> Res<()> {
     let args = Args::parse(std::env::args().skip(1))?;
-    let (url, _server) = small_demo::redis_url();
-    let client = redis::Client::open(url)?;
+    if args.mode == "cluster-serve" {
+        return cluster_serve();
+    }
+    let (topo, _keep) = open_topo(&args)?;
     match args.runtime.as_str() {
         #[cfg(feature = "tokio")]
         "tokio" => {
@@ -157,10 +422,10 @@ fn main() -> Res<()> {
             }
             b.enable_all()
                 .build()?
-                .block_on(run_spawned::<redis_sync::Tokio>(args, client))
+                .block_on(run_spawned::<redis_sync::Tokio>(args, topo))
         }
         #[cfg(feature = "smol")]
-        "smol" => smol::block_on(run_spawned::<redis_sync::Smol>(args, client)),
+        "smol" => smol::block_on(run_spawned::<redis_sync::Smol>(args, topo)),
         other => {
             Err(format!("runtime {other} is unknown or not compiled in (see --features)").into())
         }
@@ -169,35 +434,158 @@ fn main() -> Res<()> {
 
 /// Runs the scenario as a task of the runtime, where an application's code runs, rather
 /// than on the thread that blocks on the runtime (`--on-main 1` keeps it there).
-async fn run_spawned<R: Runtime>(args: Args, client: redis::Client) -> Res<()> {
+async fn run_spawned<R: Runtime>(args: Args, topo: Topo) -> Res<()> {
     if args.on_main {
-        return run::<R>(&args, &client).await;
+        return run::<R>(&args, &topo).await;
     }
     let rt = R::try_current()?;
-    scenarios::spawned(&rt, async move { run::<R>(&args, &client).await }).await?
+    scenarios::spawned(&rt, async move { run::<R>(&args, &topo).await }).await?
 }
 
-async fn run<R: Runtime>(args: &Args, client: &redis::Client) -> Res<()> {
+async fn run<R: Runtime>(args: &Args, topo: &Topo) -> Res<()> {
     let rt = R::try_current()?;
     match args.mode.as_str() {
-        "cycle" => cycle(&rt, args, client).await,
-        "handoff" => handoff(&rt, args, client).await,
-        "waiters" => waiters(&rt, args, client).await,
-        "longlived" => long_lived(&rt, args, client).await,
+        "cycle" => cycle(&rt, args, topo).await,
+        "names" => names(&rt, args, topo).await,
+        "handoff" => handoff(&rt, args, topo.client()?).await,
+        "waiters" => waiters(&rt, args, topo.client()?).await,
+        "longlived" => long_lived(&rt, args, topo.client()?).await,
         other => Err(format!("unknown mode {other}\n{USAGE}").into()),
     }
 }
 
-async fn cycle<R: Runtime>(rt: &R, args: &Args, client: &redis::Client) -> Res<()> {
-    let (tasks, count) = (args.tasks.unwrap_or(64), args.count.unwrap_or(8));
+/// The most seen while the load ran (sampled every 100 ms).
+#[derive(Debug, Default)]
+struct Peaks {
+    /// Connections open beyond the baseline, summed over the nodes.
+    open: u64,
+    /// The same, per node.
+    open_per_node: Vec<u64>,
+    /// The coordinator's blocking connections and queued waits.
+    blocking: usize,
+    queued: usize,
+}
+
+/// Samples until `done`: open connections on every node, and the coordinator's stats.
+async fn sample<R: Runtime>(
+    rt: &R,
+    nodes: &mut Nodes,
+    base: &[NodeSnap],
+    sync: Option<&Coordinator<R>>,
+    done: &AtomicBool,
+) -> Res<Peaks> {
+    let mut p = Peaks {
+        open_per_node: vec![0; base.len()],
+        ..Peaks::default()
+    };
+    while !done.load(Ordering::Acquire) {
+        let now = nodes.connected().await?;
+        let mut sum = 0;
+        for ((peak, n), b) in p.open_per_node.iter_mut().zip(&now).zip(base) {
+            let open = n.saturating_sub(b.connected);
+            *peak = (*peak).max(open);
+            sum += open;
+        }
+        p.open = p.open.max(sum);
+        if let Some(sync) = sync {
+            let s = sync.stats();
+            p.blocking = p.blocking.max(s.blocking_connections);
+            p.queued = p.queued.max(s.queued_waits);
+        }
+        rt.sleep(Duration::from_millis(100)).await;
+    }
+    Ok(p)
+}
+
+/// Commands per cycle as the primaries counted them (this process's own INFO polls aside).
+fn print_commands(d: &NodesDelta, ops: u64) {
+    let per_op = |n: u64| n as f64 / ops.max(1) as f64;
     println!(
+        "loadgen: server commands per cycle: evalsha={:.3} blmove={:.3} client_unblock={:.3} (INFO commandstats)",
+        per_op(d.calls_of("evalsha")),
+        per_op(d.calls_of("blmove")),
+        per_op(d.calls_of("client|unblock")),
+    );
+    let mut top: Vec<_> = d.calls.iter().filter(|(_, &v)| v > 0).collect();
+    top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    println!(
+        "loadgen: server commands (those scripts run included): {}",
+        top.iter()
+            .take(8)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+}
+
+/// Per node: connections opened (`all`: since the baseline), the most open at once, and
+/// CPU seconds while the load ran (`run`).
+fn print_nodes(nodes: &Nodes, all: &NodesDelta, run: &NodesDelta, peaks: &Peaks, ops: u64) {
+    println!(
+        "loadgen: server cpu: total_s={:.3} per_op_us={:.2} (INFO cpu, user+sys, every node)",
+        run.cpu_total(),
+        run.cpu_total() * 1e6 / ops.max(1) as f64,
+    );
+    for (i, n) in nodes.nodes.iter().enumerate() {
+        println!(
+            "loadgen: node {} {}: opened={} peak_open={} cpu_s={:.3}",
+            n.port,
+            if n.primary { "primary" } else { "replica" },
+            all.opened.get(i).copied().unwrap_or(0),
+            peaks.open_per_node.get(i).copied().unwrap_or(0),
+            run.cpu_s.get(i).copied().unwrap_or(0.0),
+        );
+    }
+}
+
+fn print_coordinator<R: Runtime>(sync: &Coordinator<R>, peaks: &Peaks) {
+    let s = sync.stats();
+    println!(
+        "loadgen: coordinator: primitives={} blocking_connections={} peak_blocking={} max_blocking={} \
+         queued_waits={} peak_queued={} grants={} timeouts={} lost_leases={} background_errors={}",
+        s.primitives,
+        s.blocking_connections,
+        peaks.blocking,
+        s.max_blocking_connections,
+        s.queued_waits,
+        peaks.queued,
+        s.totals.grants,
+        s.totals.timeouts,
+        s.totals.lost_leases,
+        s.totals.background_errors,
+    );
+}
+
+async fn cycle<R: Runtime>(rt: &R, args: &Args, topo: &Topo) -> Res<()> {
+    let (tasks, count) = (args.tasks.unwrap_or(64), args.count.unwrap_or(8));
+    let coordinated = args.coordinated();
+    let max_blocking = args.max_blocking.unwrap_or(64);
+    print!(
         "loadgen: mode=cycle runtime={} tasks={tasks} count={count} handles={} secs={} release={:?}",
         args.runtime, args.handles, args.secs, args.release
     );
-    let mut mon = Monitor::connect(client).await?;
-    let conns = ConnCount::start(&mut mon).await?;
-    let sems = scenarios::open_handles::<R>(client, &args.name, count, args.handles).await?;
-    let calls_before = mon.command_calls().await?;
+    if coordinated {
+        print!(
+            " coordinator=1 max_blocking={max_blocking} topology={}",
+            topo.label()
+        );
+    }
+    println!();
+    let mut nodes = Nodes::connect(&topo.nodes()).await?;
+    let base = nodes.snapshot().await?;
+    let (sync, sems) = if coordinated {
+        let sync = topo.coordinator::<R>(max_blocking).await?;
+        let mut sems = Vec::with_capacity(args.handles);
+        for _ in 0..args.handles {
+            sems.push(Arc::new(sync.semaphore(&args.name).create(count).await?));
+        }
+        (Some(sync), sems)
+    } else {
+        let client = topo.client()?;
+        let sems = scenarios::open_handles::<R>(client, &args.name, count, args.handles).await?;
+        (None, sems)
+    };
+    let before = nodes.snapshot().await?;
     // Sample the connections open while the load runs.
     let done = Arc::new(AtomicBool::new(false));
     let load = async {
@@ -213,44 +601,32 @@ async fn cycle<R: Runtime>(rt: &R, args: &Args, client: &redis::Client) -> Res<(
         done.store(true, Ordering::Release);
         r
     };
-    let sample = async {
-        let mut peak = 0;
-        while !done.load(Ordering::Acquire) {
-            peak = peak.max(conns.open_now(&mut mon).await?);
-            rt.sleep(Duration::from_millis(100)).await;
-        }
-        Ok::<_, BoxError>(peak)
-    };
-    let (report, peak) = futures::join!(load, sample);
-    let (report, peak) = (report?, peak?);
-    let calls_after = mon.command_calls().await?;
-    let opened = conns.opened(&mut mon).await?;
-    // Commands per cycle as the server counted them (this process's own INFO polls aside).
-    let per_op = |cmd: &str| {
-        let n = calls_after
-            .get(cmd)
-            .copied()
-            .unwrap_or(0)
-            .saturating_sub(calls_before.get(cmd).copied().unwrap_or(0));
-        n as f64 / report.ops.max(1) as f64
-    };
-    println!(
-        "loadgen: server commands per cycle: evalsha={:.3} blmove={:.3} (INFO commandstats)",
-        per_op("evalsha"),
-        per_op("blmove"),
-    );
+    let sampling = sample(rt, &mut nodes, &base, sync.as_ref(), &done);
+    let (report, peaks) = futures::join!(load, sampling);
+    let (report, peaks) = (report?, peaks?);
+    let after = nodes.snapshot().await?;
+    let run = NodesDelta::between(&nodes, &before, &after);
+    let all = NodesDelta::between(&nodes, &base, &after);
+    let opened = all.opened_total();
+    print_commands(&run, report.ops);
+    print_nodes(&nodes, &all, &run, &peaks, report.ops);
+    if let Some(sync) = &sync {
+        print_coordinator(sync, &peaks);
+    }
     let state = sems[0].inspect().await?;
-    for s in &sems {
-        s.close();
+    match &sync {
+        Some(sync) => sync.shutdown().await?,
+        None => sems.iter().for_each(|s| s.close()),
     }
     let lat = &report.latencies;
     println!(
-        "loadgen: ops={} elapsed_s={:.3} p90_us={:.1} max_us={:.1} peak_open_connections={peak} \
+        "loadgen: ops={} elapsed_s={:.3} p90_us={:.1} max_us={:.1} peak_open_connections={} \
          free_after={} held_after={}",
         report.ops,
         report.elapsed.as_secs_f64(),
         micros(quantile(lat, 0.90)),
         micros(quantile(lat, 1.0)),
+        peaks.open,
         state.free,
         state.held(),
     );
@@ -259,6 +635,107 @@ async fn cycle<R: Runtime>(rt: &R, args: &Args, client: &redis::Client) -> Res<(
         report.ops_per_sec(),
         micros(quantile(lat, 0.50)),
         micros(quantile(lat, 0.99)),
+    );
+    Ok(())
+}
+
+async fn names<R: Runtime>(rt: &R, args: &Args, topo: &Topo) -> Res<()> {
+    let n = args.names;
+    let count = args.count.unwrap_or(1);
+    let tasks = args.tasks.unwrap_or(2 * n);
+    let max_blocking = args
+        .max_blocking
+        .unwrap_or(redis_sync::DEFAULT_COORDINATOR_BLOCKING_CONNECTIONS);
+    println!(
+        "loadgen: mode=names runtime={} topology={} names={n} tasks={tasks} count={count} \
+         max_blocking={max_blocking} secs={} release={:?}",
+        args.runtime,
+        topo.label(),
+        args.secs,
+        args.release
+    );
+    let names: Vec<String> = (0..n).map(|i| format!("{}-{i}", args.name)).collect();
+    if let Some(per) = topo.names_per_primary(&names) {
+        println!("loadgen: names per primary: {per}");
+    }
+    let mut nodes = Nodes::connect(&topo.nodes()).await?;
+    let base = nodes.snapshot().await?;
+    let sync = topo.coordinator::<R>(max_blocking).await?;
+    // Task t's handle is on name t % n; 64 creations in flight at once.
+    let sems: Vec<Arc<Semaphore<R>>> = futures::stream::iter(0..tasks)
+        .map(|t| {
+            let (sync, name) = (sync.clone(), names[t % n].clone());
+            async move { sync.semaphore(&name).create(count).await.map(Arc::new) }
+        })
+        .buffered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let before = nodes.snapshot().await?;
+    let done = Arc::new(AtomicBool::new(false));
+    let load = async {
+        let r = scenarios::cycle(
+            rt,
+            &sems,
+            tasks,
+            Stop::After(Duration::from_secs_f64(args.secs)),
+            args.release,
+            true,
+        )
+        .await;
+        done.store(true, Ordering::Release);
+        r
+    };
+    let sampling = sample(rt, &mut nodes, &base, Some(&sync), &done);
+    let (report, peaks) = futures::join!(load, sampling);
+    let (report, peaks) = (report?, peaks?);
+    let after = nodes.snapshot().await?;
+    let run = NodesDelta::between(&nodes, &before, &after);
+    let all = NodesDelta::between(&nodes, &base, &after);
+    print_commands(&run, report.ops);
+    print_nodes(&nodes, &all, &run, &peaks, report.ops);
+    print_coordinator(&sync, &peaks);
+    // No permit lost or doubled: every name's pool plus its held permits is its count.
+    let states = futures::stream::iter(sems.iter().take(n).cloned())
+        .map(|s| async move { s.inspect().await })
+        .buffered(64)
+        .collect::<Vec<_>>()
+        .await;
+    let (mut free, mut held, mut wrong) = (0usize, 0usize, 0usize);
+    for st in states {
+        let st = st?;
+        free += st.free;
+        held += st.held();
+        if st.free + st.held() != count as usize || st.is_partial() {
+            wrong += 1;
+        }
+    }
+    sync.shutdown().await?;
+    let lat = &report.latencies;
+    println!(
+        "loadgen: ops={} elapsed_s={:.3} p90_us={:.1} max_us={:.1} peak_open_connections={} \
+         free_after={free} held_after={held} names_wrong={wrong} server_cpu_us_per_op={:.2}",
+        report.ops,
+        report.elapsed.as_secs_f64(),
+        micros(quantile(lat, 0.90)),
+        micros(quantile(lat, 1.0)),
+        peaks.open,
+        run.cpu_total() * 1e6 / report.ops.max(1) as f64,
+    );
+    println!(
+        "names: names={n} tasks={tasks} count={count} ops_per_sec={:.0} p50_us={:.1} p99_us={:.1} \
+         connections={} peak_open={} blocking_peak={} max_blocking={max_blocking} queued_peak={} \
+         redirections={} permits_ok={}",
+        report.ops_per_sec(),
+        micros(quantile(lat, 0.50)),
+        micros(quantile(lat, 0.99)),
+        all.opened_total(),
+        peaks.open,
+        peaks.blocking,
+        peaks.queued,
+        run.redirections(),
+        wrong == 0,
     );
     Ok(())
 }
