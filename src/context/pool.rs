@@ -58,8 +58,8 @@ struct PoolState {
     /// Connections open, lent or idle, plus those being opened.
     used: usize,
     idle: Vec<BlockingConn>,
-    /// Checkouts waiting for a connection, oldest first.
-    queue: VecDeque<oneshot::Sender<Grant>>,
+    /// Checkouts waiting for a connection, oldest first, with the server each needs.
+    queue: VecDeque<(String, oneshot::Sender<Grant>)>,
     lent: Vec<Lending>,
     next_ticket: u64,
 }
@@ -208,7 +208,7 @@ impl BlockingPool {
                 Step::Open
             } else {
                 let (tx, rx) = oneshot::channel();
-                st.queue.push_back(tx);
+                st.queue.push_back((node.clone(), tx));
                 self.queued.fetch_add(1, Ordering::Relaxed);
                 // Ask one long wait to end early and make room.
                 if let Some(preempt) = st.lent.iter_mut().find_map(|l| l.preempt.take()) {
@@ -283,14 +283,24 @@ impl BlockingPool {
         self.state().lent.retain(|l| l.ticket != ticket);
     }
 
-    /// A place in the pool comes back, with its connection if it is still usable: to the
-    /// oldest queued checkout, else idle (or closed).
+    /// A place in the pool comes back, with its connection if it is still usable: to a
+    /// queued checkout, else idle (or closed). The checkout served is the oldest one for
+    /// the connection's server among the first `cap` queued, so that a connection is
+    /// reused rather than closed and opened again elsewhere (a cluster's waits need
+    /// different nodes), else the oldest: nobody waits more than `cap` turns behind
+    /// checkouts for other servers.
     fn put_back(self: &Arc<Self>, mut conn: Option<BlockingConn>) {
         loop {
             let next = {
                 let mut st = self.state();
-                match st.queue.pop_front() {
-                    Some(tx) => {
+                let same_node = conn.as_ref().and_then(|c| {
+                    st.queue
+                        .iter()
+                        .take(self.cap)
+                        .position(|(node, _)| *node == c.node)
+                });
+                match same_node.and_then(|i| st.queue.remove(i)).or_else(|| st.queue.pop_front()) {
+                    Some((_, tx)) => {
                         self.queued.fetch_sub(1, Ordering::Relaxed);
                         tx
                     }
