@@ -2,8 +2,8 @@
 //! over 10,000 grants while holders are SIGKILLed, the library's connections are killed
 //! and `lock()` futures are dropped mid-wait; and a holder paused with SIGSTOP past its
 //! lease, whose late write a storage that checks tokens refuses. Also: a self-test of the
-//! records these checks rely on, and (ignored: library bugs) what a lock must do when
-//! Redis loses its keys.
+//! records these checks rely on, and what a lock must do when Redis loses its keys (two
+//! defects found while writing these, since fixed).
 //!
 //! The children are this test binary re-executed (see `tests/fencing_support/`). Every
 //! check reads records the holders wrote to Redis themselves, on plain connections of

@@ -4,9 +4,9 @@
 //! process SIGKILLed while it holds the gate and part of its permits gives everything
 //! back; the count changes under load without a new grant beyond it; hard leases run out,
 //! are extended, are reported lost, and are reclaimed after the hard lease when their
-//! process is killed. Two tests are ignored as `BUG:`: they reproduce, in one process,
-//! defects found while writing these (a lowered count bypassed by local handoff; a hard
-//! lease taking the gate token).
+//! process is killed. Two tests reproduce, in one process, defects found while writing
+//! these and since fixed (a lowered count bypassed by local handoff once the handle knew
+//! of it; a hard lease taking the gate token).
 //!
 //! The children are this test binary re-executed (`tests/kids`). Every count of holders is
 //! kept in Redis by the test itself, in Lua scripts, independently of the library's
@@ -730,6 +730,7 @@ fn reduction_paid_before_local_grant_without_handoff() {
 
 /// The same with the default local handoff, once the handle has learnt of the reduction
 /// (at its next renewal): the released permit is destroyed, not handed to the waiting task.
+#[test]
 fn reduction_paid_before_local_grant_with_default_handoff() {
     run_tokio(async {
         let (pending, early) = reduction_with_a_local_waiter(None).await;

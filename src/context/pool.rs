@@ -299,7 +299,10 @@ impl BlockingPool {
                         .take(self.cap)
                         .position(|(node, _)| *node == c.node)
                 });
-                match same_node.and_then(|i| st.queue.remove(i)).or_else(|| st.queue.pop_front()) {
+                match same_node
+                    .and_then(|i| st.queue.remove(i))
+                    .or_else(|| st.queue.pop_front())
+                {
                     Some((_, tx)) => {
                         self.queued.fetch_sub(1, Ordering::Relaxed);
                         tx

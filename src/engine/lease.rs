@@ -65,7 +65,15 @@ pub(crate) async fn renew_once<R: Runtime>(engine: &Arc<Engine<R>>) -> Result<()
     }
     let mut conn = engine.conn.clone();
     let sent = Instant::now();
-    type Renewed = (i64, Vec<i64>, Vec<String>, Vec<String>, Vec<String>, u32, u32);
+    type Renewed = (
+        i64,
+        Vec<i64>,
+        Vec<String>,
+        Vec<String>,
+        Vec<String>,
+        u32,
+        u32,
+    );
     let (meta_ok, status, expired, due, newest, count, debt): Renewed =
         inv.invoke_async(&mut conn).await?;
     engine

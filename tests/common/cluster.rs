@@ -373,21 +373,28 @@ impl RedisCluster {
 
     /// Like [`RedisCluster::tagged_names_per_shard`], names `{prefix}-{i}`.
     pub fn names_per_shard(&self, prefix: &str, n: usize) -> Vec<Vec<String>> {
-        let map = self.slot_map();
-        let primaries = self.primaries();
-        let mut out = vec![Vec::new(); primaries.len()];
-        let mut i = 0u64;
-        while out.iter().any(|v| v.len() < n) {
-            let name = format!("{prefix}-{i}");
-            i += 1;
-            let slot = slot_of(&name);
-            let owner = owner_in_map(&map, slot);
-            let idx = primaries.iter().position(|&p| p == owner).unwrap();
-            if out[idx].len() < n {
-                out[idx].push(name);
+        // The map and the list of primaries are read apart: a failover run by another test
+        // in between makes them disagree, and then both are read again.
+        'consistent: loop {
+            let map = self.slot_map();
+            let primaries = self.primaries();
+            let mut out = vec![Vec::new(); primaries.len()];
+            let mut i = 0u64;
+            while out.iter().any(|v| v.len() < n) {
+                let name = format!("{prefix}-{i}");
+                i += 1;
+                let slot = slot_of(&name);
+                let owner = owner_in_map(&map, slot);
+                let Some(idx) = primaries.iter().position(|&p| p == owner) else {
+                    std::thread::sleep(STEP);
+                    continue 'consistent;
+                };
+                if out[idx].len() < n {
+                    out[idx].push(name);
+                }
             }
+            return out;
         }
-        out
     }
 
     /// `n_per_shard` names `{prefix}-{i}` for each primary, flattened (primary by primary).
