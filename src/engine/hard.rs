@@ -25,8 +25,14 @@ pub(crate) fn check_lease(d: Duration) -> Result<()> {
 }
 
 impl<R: Runtime> Engine<R> {
-    /// Moves the permit of `held` under a hard lease of `d`.
+    /// Moves the permit of `held` under a hard lease of `d`. Runs on the runtime: dropped
+    /// by its caller, the move still completes, and a permit it produced is released.
     pub(crate) async fn harden(self: &Arc<Self>, held: Held<R>, d: Duration) -> Result<Held<R>> {
+        let call = self.clone().harden_now(held, d);
+        self.run_detached(call).await.unwrap_or(Err(Error::Closed))
+    }
+
+    async fn harden_now(self: Arc<Self>, held: Held<R>, d: Duration) -> Result<Held<R>> {
         let n = self.next_gen.fetch_add(1, Ordering::Relaxed);
         let id = format!("{}-{n}", self.holder_base);
         let mut hard = Generation::new(
@@ -53,17 +59,21 @@ impl<R: Runtime> Engine<R> {
             .invoke_async(&mut conn)
             .await;
         from.end_call();
+        let reply = reply.and_then(|v| match v {
+            redis::Value::Int(code) => Ok(Err(code)),
+            v => redis::from_redis_value::<String>(v)
+                .map(Ok)
+                .map_err(redis::RedisError::from),
+        });
         match reply {
-            Ok(redis::Value::Int(_)) => {
+            Ok(Err(_)) => {
                 // The handle's lease was gone (-1) or its list empty (0): the permit was
-                // reclaimed meanwhile.
-                drop(held);
+                // reclaimed meanwhile. Lost first, so that it is not handed on locally.
                 self.lose(&from);
+                drop(held);
                 Err(Error::LeaseLost)
             }
-            Ok(token) => {
-                let token: String =
-                    redis::from_redis_value(token).map_err(redis::RedisError::from)?;
+            Ok(Ok(token)) => {
                 hard.renewed(sent + d - loss_margin(d));
                 self.state().gens.push(hard.clone());
                 // Its loss deadline may come before anything the watchdog waits for.
@@ -76,14 +86,19 @@ impl<R: Runtime> Engine<R> {
                 Ok(out)
             }
             Err(e) => {
-                if outcome_unknown(&e) {
-                    // Unknown whether it moved: the token is in one list or the other.
-                    // Both are swept: the handle's generation once drained, the hard
-                    // holder at once (its lease, if it started, is given up).
+                if outcome_unknown(&e) || e.code().is_none() {
+                    // Unknown whether it moved: the token is in one list or the other, so it
+                    // is not given back from the handle's list (that could give back
+                    // another permit's token). Both lists are swept instead: the handle's
+                    // generation once drained, the hard holder at once (its lease, if it
+                    // started, is given up).
+                    let (_, from, _) = held.disarm();
                     from.mark_dirty();
-                    drop(held);
+                    from.sub_outstanding();
+                    self.maybe_retire(&from);
                     self.give_up_hard(&hard);
                 } else {
+                    // An error reply: the script did not run.
                     drop(held);
                 }
                 Err(e.into())

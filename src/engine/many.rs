@@ -121,6 +121,8 @@ struct Collecting<R: Runtime> {
 impl<R: Runtime> Drop for Collecting<R> {
     fn drop(&mut self) {
         if self.permits == 0 && !self.gate {
+            // A tainted generation with nothing out is retired now.
+            self.engine.maybe_retire(&self.gen);
             return;
         }
         let give = self
@@ -304,10 +306,11 @@ impl<R: Runtime> Engine<R> {
                     call.done();
                 }
                 Err(e) => {
-                    if outcome_unknown(&e) {
-                        gen.mark_dirty();
-                    }
                     call.done();
+                    if outcome_unknown(&e) {
+                        // Whatever it moved is given back when the generation is retired.
+                        self.taint(&gen);
+                    }
                     return Err(e.into());
                 }
             }
@@ -317,7 +320,12 @@ impl<R: Runtime> Engine<R> {
             if got.gate && got.permits >= n {
                 break;
             }
-            // Then one from a blocking wait: the gate, or a permit.
+            // Then one from a blocking wait: the gate, or a permit. While other waits queue
+            // for a pooled connection, this one gives its connection back between waits and
+            // blocks only for a slice (the pump's rotation, see `context::pool`).
+            if self.ctx.pool.contended() {
+                drop(conn.take());
+            }
             if conn.is_none() {
                 conn = Some(
                     self.ctx
@@ -336,6 +344,10 @@ impl<R: Runtime> Engine<R> {
             };
             // The connection travels with the call: dropped mid-wait, it is closed.
             call.lent = conn.take();
+            let wait = match call.lent.as_ref() {
+                Some(lent) => lent.begin_wait(block, super::waiters::SLICE, false).0,
+                None => block,
+            };
             let Some(bc) = call.lent.as_mut().and_then(|l| l.conn()) else {
                 call.done();
                 continue;
@@ -345,9 +357,12 @@ impl<R: Runtime> Engine<R> {
                 .arg(&gen.held_key)
                 .arg("LEFT")
                 .arg("RIGHT")
-                .arg(block.as_secs_f64())
+                .arg(wait.as_secs_f64())
                 .query_async(&mut bc.conn)
                 .await;
+            if let Some(lent) = call.lent.as_ref() {
+                lent.end_wait();
+            }
             match reply {
                 Ok(Some(token)) => {
                     gen.add_outstanding();
@@ -373,7 +388,7 @@ impl<R: Runtime> Engine<R> {
                     }
                     // Unknown whether a token moved: the generation gives back whatever
                     // its list holds once drained.
-                    gen.mark_dirty();
+                    self.taint(&gen);
                     return Err(e.into());
                 }
             }
@@ -381,33 +396,40 @@ impl<R: Runtime> Engine<R> {
                 return Err(Error::LeaseLost);
             }
         }
-        // All here: the gate goes back, the permits stay.
+        // All here: the gate goes back, the permits stay. The permits are in an armed
+        // guard from now on, moved into a call that runs on the runtime: if the caller is
+        // dropped meanwhile, the guard is dropped with the undelivered result and gives
+        // them back.
         let permits = std::mem::take(&mut got.permits);
         got.gate = false;
         drop(got);
         drop(conn);
-        let gave_gate = self
-            .run_detached(self.clone().give_gate(gen.clone(), fence))
-            .await
-            .unwrap_or(Err(Error::Closed));
-        let mut held = HeldMany {
+        let held = HeldMany {
             engine: self.clone(),
             gen: gen.clone(),
             n: permits,
             fence: 0,
             armed: true,
         };
-        match gave_gate {
-            Ok(Some(fence)) => {
-                held.fence = fence;
-                Ok(held)
+        let engine = self.clone();
+        let finish = async move {
+            match engine.clone().give_gate(gen.clone(), fence).await {
+                Ok(Some(f)) => {
+                    let mut held = held;
+                    held.fence = f;
+                    Ok(held)
+                }
+                Ok(None) => {
+                    engine.lose(&gen);
+                    drop(held);
+                    Err(Error::LeaseLost)
+                }
+                Err(e) => Err(e),
             }
-            Ok(None) => {
-                self.lose(&gen);
-                Err(Error::LeaseLost)
-            }
-            Err(e) => Err(e),
-        }
+        };
+        self.run_detached(finish)
+            .await
+            .unwrap_or(Err(Error::Closed))
     }
 
     /// Gives the gate back from `gen`'s list: `Some(write fence, or 1)`, or `None` when it
@@ -449,7 +471,7 @@ impl<R: Runtime> Engine<R> {
     /// Runs `fut` on the runtime: dropping the returned future does not cancel it (a call
     /// that must reach its end to keep the generation's books right). `None` if the
     /// runtime dropped it unfinished.
-    fn run_detached<T: Send + 'static>(
+    pub(super) fn run_detached<T: Send + 'static>(
         &self,
         fut: impl std::future::Future<Output = T> + Send + 'static,
     ) -> impl std::future::Future<Output = Option<T>> {

@@ -33,7 +33,7 @@ const UNBLOCK_TRIES: u32 = 5;
 const SETTLE_GRACE: Duration = Duration::from_millis(250);
 /// A blocking wait's turn while other primitives of the context queue for a connection
 /// (Redis rounds it up to its timer tick, 100 ms at the default `hz 10`).
-const SLICE: Duration = Duration::from_millis(100);
+pub(super) const SLICE: Duration = Duration::from_millis(100);
 /// Pauses before waiting again after a blocking wait that did not run (a redirection, a
 /// failover, a slot migration): doubled from the first up to the last.
 const NOT_RUN_FIRST: Duration = Duration::from_millis(20);
