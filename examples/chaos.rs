@@ -7,8 +7,22 @@
 //! ```
 //!
 //! Options: `--processes N` (8), `--count C` (3), `--secs S` (30), `--lease-ms L` (2000),
-//! `--network-faults` (off), `--cluster` (off), `--no-migrations` (off).
+//! `--network-faults` (off), `--cluster` (off), `--no-migrations` (off), `--primitive P`
+//! (`semaphore`).
 //! Uses `REDIS_URL` when set, else starts a private `redis-server` (from PATH).
+//!
+//! `--primitive` chooses what the workers hammer (every fault injection below applies to
+//! each, with `--network-faults` or with `--cluster`):
+//! - `semaphore` (the default): `Semaphore::acquire`, one permit at a time, of `count`.
+//! - `mutex`: `Mutex::lock` (one permit: `--count` must be 1 or left out). Besides the
+//!   checks below, every holder records its fencing token with its entry (d).
+//! - `many`: `Semaphore::acquire_many(k)` with a random `k` in `1..=count` each time; the
+//!   checks count permits (the sum of the `k` inside), and the gate token `G` of requests
+//!   for several permits is checked too (e).
+//! - `rwlock`: `RwLock` with `max_readers` = `count`; each worker reads (80 %) or writes
+//!   (20 %). A writer counts as `count` permits, a reader as one; besides (a), never a
+//!   writer together with anyone else and never more than `count` readers; the write
+//!   fencing tokens are checked as in (d), the gate as in (e).
 //!
 //! `--network-faults`: the workers' library connections go through a fault-injecting TCP
 //! relay (`tests/common/relay.rs`); this program, its checks and the workers' own records
@@ -59,11 +73,29 @@
 //!   (negative: told before it expired); the worst is `worst_told_delay_ms` (`none` when no
 //!   holder was told). A worker still inside more than 50 ms after its lease expired, told
 //!   or not (a killed worker counts as inside until its kill), fails the run.
+//! - (d) `mutex`, `rwlock`: fencing tokens grow. The entry script of (a) also appends the
+//!   grant's fencing token (`rwlock`: of write grants only) to `chaos:{name}:tokens` when
+//!   the holder's lease is valid on the server clock at that instant, else to
+//!   `chaos:{name}:stale_tokens` (a holder that lost its lease before it could record).
+//!   A valid record precedes the end of that grant (its release or reclaim), which
+//!   precedes the next grant, so at the end the list must be strictly increasing (and so
+//!   free of duplicates). `max_token` is its last token.
+//! - (e) `mutex`, `many`, `rwlock`: the gate token `G` is conserved: every sum of (b) also
+//!   counts the `G`s in the gate list and in the held lists (where `G` is not counted as
+//!   a permit); there must always be exactly one. At the end, nobody holding it, the gate
+//!   list must be exactly `[G]`.
+//!
+//! For the end state of (b), the other primitives than `semaphore` also wait for a
+//! snapshot in which free + held by live leases adds up to `count` (up to the same bound):
+//! `inspect` reads the pool and the held lists in two requests, so a reclaim in between
+//! (by the checking handle's own renewal) can hide a permit from one snapshot.
 //!
 //! The last line is `chaos: ok ...` (exit 0) or `chaos: FAILED ...` (exit 1); both end with
 //! `acquisitions=.. kills=.. conn_kills=.. max_inside=.. permits_end=.. net_faults=..
 //! leases_lost=.. worst_told_delay_ms=..` (with `--cluster`, then `failovers=..
-//! migrations=..`).
+//! migrations=..`). Other primitives than `semaphore` start it with `primitive=..` and
+//! add `max_token=.. stale_tokens=..` (`mutex`), `max_readers=.. writes=.. max_token=..
+//! stale_tokens=..` (`rwlock`); `max_inside` and `permits_end` count permits.
 
 #[cfg(feature = "cluster")]
 #[path = "../tests/common/cluster.rs"]
@@ -96,9 +128,10 @@ mod chaos {
     use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
     use futures::future::{select, Either};
-    #[cfg(feature = "cluster")]
-    use redis_sync::Coordinator;
-    use redis_sync::{Error, Runtime, Semaphore};
+    use redis_sync::{
+        Coordinator, Error, LeaseLostFuture, Mutex, MutexGuard, Permit, Permits, ReadGuard,
+        Runtime, RwLock, Semaphore, WriteGuard,
+    };
 
     use super::{relay::Relay, server};
 
@@ -146,35 +179,69 @@ mod chaos {
     }
 
     /// Records an entry: adds `member` (→ `holder`) to the inside hash and counts the
-    /// members whose holder's lease is valid now; drops members whose lease ended (it can
-    /// never become valid again). Keeps the maximum, the number of entries and a record
-    /// of every violation. KEYS: inside, stats, violations, leases. ARGV: member, holder,
-    /// count. Idempotent for one member, so it can be retried after a killed connection.
+    /// permits of the members whose holder's lease is valid now; drops members whose lease
+    /// ended (it can never become valid again). Keeps the maximum, the number of entries
+    /// and a record of every violation. KEYS: inside, stats, violations, leases, tokens,
+    /// stale tokens. ARGV: member, holder, count, permits of this entry, kind (`''` for
+    /// the semaphore, whose members are recorded as their holder alone; else `p` a request
+    /// for several, `m` a mutex, `r` a reader, `w` a writer, recorded as `holder permits
+    /// kind`), fencing token (`''`: none). The token goes to the tokens list when this
+    /// holder's lease is valid now, else to the stale list. Idempotent for one member, so
+    /// it can be retried after a killed connection.
     const ENTER: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local fresh = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-if fresh == 1 then redis.call('HINCRBY', KEYS[2], 'acquisitions', 1) end
+local count = tonumber(ARGV[3])
+local value = ARGV[2]
+if ARGV[5] ~= '' then value = ARGV[2] .. ' ' .. ARGV[4] .. ' ' .. ARGV[5] end
+local fresh = redis.call('HSET', KEYS[1], ARGV[1], value)
+if fresh == 1 then
+  redis.call('HINCRBY', KEYS[2], 'acquisitions', 1)
+  if ARGV[5] == 'w' then redis.call('HINCRBY', KEYS[2], 'writes', 1) end
+end
 local all = redis.call('HGETALL', KEYS[1])
-local n, seen = 0, {}
+local n, readers, writers, mine, seen = 0, 0, 0, false, {}
 for i = 1, #all, 2 do
-  local m, h = all[i], all[i + 1]
+  local m, v = all[i], all[i + 1]
+  local h, w, k = string.match(v, '^(%S+) (%d+) (%a)$')
+  if not h then h, w, k = v, '1', '' end
   local e = redis.call('ZSCORE', KEYS[4], h)
   if e and tonumber(e) > now then
-    n = n + 1
-    table.insert(seen, m .. '/' .. h .. ' lease ' .. (tonumber(e) - now) .. 'ms')
+    n = n + tonumber(w)
+    if k == 'r' then readers = readers + 1 elseif k == 'w' then writers = writers + 1 end
+    if m == ARGV[1] then mine = true end
+    local s = m .. '/' .. h .. ' lease ' .. (tonumber(e) - now) .. 'ms'
+    if k ~= '' then s = s .. ' ' .. k .. w end
+    table.insert(seen, s)
   elseif m == ARGV[1] then
     redis.call('HINCRBY', KEYS[2], 'entered_without_lease', 1)
   else
     redis.call('HDEL', KEYS[1], m)
   end
 end
+if fresh == 1 and ARGV[6] ~= '' then
+  if mine then
+    redis.call('RPUSH', KEYS[5], ARGV[6] .. ' ' .. ARGV[1] .. ' ' .. ARGV[2])
+  else
+    redis.call('RPUSH', KEYS[6], ARGV[6] .. ' ' .. ARGV[1] .. ' ' .. ARGV[2])
+  end
+end
 if n > tonumber(redis.call('HGET', KEYS[2], 'max') or '0') then
   redis.call('HSET', KEYS[2], 'max', n)
 end
-if n > tonumber(ARGV[3]) then
+if readers > tonumber(redis.call('HGET', KEYS[2], 'max_readers') or '0') then
+  redis.call('HSET', KEYS[2], 'max_readers', readers)
+end
+local why = {}
+if n > count then table.insert(why, n .. ' permits > ' .. count) end
+if writers > 1 then table.insert(why, writers .. ' writers') end
+if writers > 0 and readers > 0 then table.insert(why, 'a writer with ' .. readers .. ' readers') end
+if readers > count then table.insert(why, readers .. ' readers > ' .. count) end
+if #why > 0 then
   redis.call('HINCRBY', KEYS[2], 'violations', 1)
-  redis.call('RPUSH', KEYS[3], table.concat(seen, ', '))
+  local s = table.concat(seen, ', ')
+  if ARGV[5] ~= '' then s = table.concat(why, ', ') .. ': ' .. s end
+  redis.call('RPUSH', KEYS[3], s)
 end
 return n
 "#;
@@ -185,6 +252,19 @@ return n
 local held = 0
 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do held = held + redis.call('LLEN', k) end
 return {redis.call('LLEN', KEYS[1]), held}
+"#;
+
+    /// [`TOTALS`] with the gate token of requests for several permits: `{free, held
+    /// permits, gate tokens}`, the `G`s in the held lists counted as gate tokens, not as
+    /// permits. KEYS: pool, gate. ARGV: held lists' pattern.
+    const TOTALS_GATE: &str = r#"
+local held, gates = 0, #redis.call('LPOS', KEYS[2], 'G', 'COUNT', 0)
+for _, k in ipairs(redis.call('KEYS', ARGV[1])) do
+  local g = #redis.call('LPOS', k, 'G', 'COUNT', 0)
+  held = held + redis.call('LLEN', k) - g
+  gates = gates + g
+end
+return {redis.call('LLEN', KEYS[1]), held, gates}
 "#;
 
     /// Every key of the semaphore (`ARGV[1]`: their pattern) with its type, TTL and
@@ -219,9 +299,63 @@ return out
         }
     }
 
+    /// What the workers hammer (`--primitive`).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Prim {
+        /// `Semaphore::acquire`: one permit at a time.
+        Semaphore,
+        /// `Mutex::lock`, with fencing tokens.
+        Mutex,
+        /// `Semaphore::acquire_many(k)`, `k` random in `1..=count`.
+        Many,
+        /// `RwLock::read` or `RwLock::write`, `max_readers` = `count`.
+        RwLock,
+    }
+
+    impl Prim {
+        fn parse(s: &str) -> Option<Prim> {
+            Some(match s {
+                "semaphore" => Prim::Semaphore,
+                "mutex" => Prim::Mutex,
+                "many" => Prim::Many,
+                "rwlock" => Prim::RwLock,
+                _ => return None,
+            })
+        }
+
+        fn name(self) -> &'static str {
+            match self {
+                Prim::Semaphore => "semaphore",
+                Prim::Mutex => "mutex",
+                Prim::Many => "many",
+                Prim::RwLock => "rwlock",
+            }
+        }
+
+        /// The library's default key prefix of the primitive.
+        fn prefix(self) -> &'static str {
+            match self {
+                Prim::Semaphore | Prim::Many => redis_sync::DEFAULT_SEMAPHORE_PREFIX,
+                Prim::Mutex => redis_sync::DEFAULT_MUTEX_PREFIX,
+                Prim::RwLock => redis_sync::DEFAULT_RWLOCK_PREFIX,
+            }
+        }
+
+        /// Grants carry fencing tokens (of write grants, for a read-write lock).
+        fn fenced(self) -> bool {
+            matches!(self, Prim::Mutex | Prim::RwLock)
+        }
+
+        /// Checked for the gate token too (check (e)).
+        fn gated(self) -> bool {
+            self != Prim::Semaphore
+        }
+    }
+
     #[derive(Clone, Debug)]
     struct Args {
         worker: bool,
+        primitive: Prim,
         network_faults: bool,
         /// On a Redis Cluster (feature `cluster`).
         cluster: bool,
@@ -243,6 +377,7 @@ return out
     fn parse_args() -> Result<Args, String> {
         let mut a = Args {
             worker: false,
+            primitive: Prim::Semaphore,
             network_faults: false,
             cluster: false,
             migrations: true,
@@ -255,6 +390,7 @@ return out
             name: String::new(),
             id: 0,
         };
+        let mut count_given = false;
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
             if flag == "--worker" {
@@ -277,7 +413,15 @@ return out
             let bad = |_| format!("bad value {value:?} for {flag}");
             match flag.as_str() {
                 "--processes" => a.processes = value.parse().map_err(bad)?,
-                "--count" => a.count = value.parse().map_err(bad)?,
+                "--count" => {
+                    a.count = value.parse().map_err(bad)?;
+                    count_given = true;
+                }
+                "--primitive" => {
+                    a.primitive = Prim::parse(&value).ok_or(format!(
+                        "bad value {value:?} for --primitive: semaphore, mutex, many or rwlock"
+                    ))?
+                }
                 "--secs" => a.secs = value.parse().map_err(bad)?,
                 "--lease-ms" => a.lease = Duration::from_millis(value.parse().map_err(bad)?),
                 "--url" => a.url = value,
@@ -293,6 +437,14 @@ return out
         if a.cluster && a.network_faults {
             return Err("--network-faults is not supported with --cluster".into());
         }
+        if a.primitive == Prim::Mutex {
+            if count_given && a.count != 1 {
+                return Err(
+                    "--primitive mutex has one permit: --count must be 1 or left out".into(),
+                );
+            }
+            a.count = 1;
+        }
         Ok(a)
     }
 
@@ -303,7 +455,8 @@ return out
                 eprintln!("chaos: {e}");
                 eprintln!(
                     "usage: chaos [--processes N] [--count C] [--secs S] [--lease-ms L] \
-                     [--network-faults | --cluster [--no-migrations]]"
+                     [--network-faults | --cluster [--no-migrations]] \
+                     [--primitive semaphore|mutex|many|rwlock]"
                 );
                 return 2;
             }
@@ -322,8 +475,9 @@ return out
         }
     }
 
-    fn base(name: &str) -> String {
-        format!("redsync:semaphore:{{{name}}}")
+    /// `<prefix>:{name}`: the primitive's keys are this and a suffix.
+    fn base(prim: Prim, name: &str) -> String {
+        format!("{}:{{{name}}}", prim.prefix())
     }
 
     // ------------------------------------------------------------------ worker
@@ -378,12 +532,14 @@ return out
             // Attempts of each record, 10 ms apart. On a cluster a failover or a migration
             // (TRYAGAIN until it ends) can hold a record up for seconds.
             let tries = if args.cluster { 3000 } else { 100 };
-            let b = base(&args.name);
+            let b = base(args.primitive, &args.name);
             let keys = [
                 format!("chaos:{{{}}}:inside", args.name),
                 format!("chaos:{{{}}}:stats", args.name),
                 format!("chaos:{{{}}}:violations", args.name),
                 format!("{b}:leases"),
+                format!("chaos:{{{}}}:tokens", args.name),
+                format!("chaos:{{{}}}:stale_tokens", args.name),
             ];
             let enter = redis::Script::new(ENTER);
             let me = format!("w{}-{}", args.id, std::process::id());
@@ -391,7 +547,7 @@ return out
                 (0u64, 0u64, 0u64, 0u64, 0u64);
             let mut seq = 0u64;
             while !stop.load(Ordering::Acquire) {
-                let p = match sem.acquire_timeout(Duration::from_secs(5)).await {
+                let p = match sem.acquire(args.primitive, args.count).await {
                     Ok(p) => p,
                     Err(Error::Timeout(_)) => {
                         timeouts += 1;
@@ -408,6 +564,8 @@ return out
                 let member = format!("{me}-{seq}");
                 // Parsed by the parent for check (c).
                 println!("IN {} {seq} {} {entered}", args.id, p.holder());
+                let (permits, kind, token) = p.record(args.count);
+                let token = token.map_or(String::new(), |t| t.to_string());
                 let work = async {
                     // Record the entry; retried, since our own connection may be killed too.
                     let mut recorded = false;
@@ -417,9 +575,14 @@ return out
                             .key(&keys[1])
                             .key(&keys[2])
                             .key(&keys[3])
+                            .key(&keys[4])
+                            .key(&keys[5])
                             .arg(&member)
                             .arg(p.holder())
                             .arg(args.count)
+                            .arg(permits)
+                            .arg(kind)
+                            .arg(&token)
                             .invoke_async(&mut rec)
                             .await;
                         if r.is_ok() {
@@ -494,34 +657,236 @@ return out
             );
             let _ = std::io::stdout().flush();
             // Give the handle's background work (drop-time releases) a moment to land.
-            sem.close();
-            sleep(Duration::from_millis(100)).await;
+            match sem {
+                Handle::Sem(sem) => {
+                    sem.close();
+                    sleep(Duration::from_millis(100)).await;
+                }
+                // No `close` there: dropped, the handle gives up its leases.
+                other => {
+                    drop(other);
+                    sleep(Duration::from_millis(100)).await;
+                }
+            }
             0
         })
     }
 
+    /// A handle on the primitive of `--primitive`.
+    enum Handle {
+        /// `semaphore` and `many`.
+        Sem(Semaphore<Rt>),
+        Mutex(Mutex<Rt>),
+        Rw(RwLock<Rt>),
+    }
+
+    /// What a worker holds while inside.
+    enum Guard {
+        One(Permit<Rt>),
+        Many(Permits<Rt>),
+        Mutex(MutexGuard<Rt>),
+        Read(ReadGuard<Rt>),
+        Write(WriteGuard<Rt>),
+    }
+
+    impl Handle {
+        /// One grant, waiting at most 5 s: one permit, `k` random in `1..=count`, the
+        /// lock, or a read lock (80 %) or the write lock (20 %).
+        async fn acquire(&self, prim: Prim, count: u32) -> Result<Guard, Error> {
+            let limit = Duration::from_secs(5);
+            match self {
+                Handle::Sem(s) if prim == Prim::Many => s
+                    .acquire_many_timeout(fastrand::u32(1..=count), limit)
+                    .await
+                    .map(Guard::Many),
+                Handle::Sem(s) => s.acquire_timeout(limit).await.map(Guard::One),
+                Handle::Mutex(m) => m.lock_timeout(limit).await.map(Guard::Mutex),
+                Handle::Rw(l) if fastrand::u8(0..100) < 80 => {
+                    l.read_timeout(limit).await.map(Guard::Read)
+                }
+                Handle::Rw(l) => l.write_timeout(limit).await.map(Guard::Write),
+            }
+        }
+
+        /// The parent's handle is done with: closed, or shut down (no `close` there).
+        async fn finish(self) {
+            match self {
+                Handle::Sem(s) => s.close(),
+                Handle::Mutex(m) => drop(m.shutdown().await),
+                Handle::Rw(l) => drop(l.shutdown().await),
+            }
+        }
+
+        /// The state in Redis, as the end-state check reads it.
+        async fn snapshot(&self) -> Result<EndState, Error> {
+            let of = |st: redis_sync::SemaphoreState| EndState {
+                count: st.count,
+                free: Some(st.free),
+                held: st.held(),
+                live_held: st
+                    .holders
+                    .iter()
+                    .filter(|h| h.lease_remaining.is_some())
+                    .map(|h| h.permits)
+                    .sum(),
+                gate_holder: st.gate_holder.clone(),
+                shown: format!("{st:?}"),
+            };
+            Ok(match self {
+                Handle::Sem(s) => of(s.inspect().await?),
+                Handle::Mutex(m) => of(m.inspect().await?),
+                Handle::Rw(l) => {
+                    let st = l.inspect().await?;
+                    let all = st.max_readers.unwrap_or(0) as usize;
+                    let held = if st.writer.is_some() { all } else { st.readers };
+                    // No lease per holder in the state: the raw checks see the rest.
+                    EndState {
+                        count: st.max_readers,
+                        free: None,
+                        held,
+                        live_held: held,
+                        gate_holder: st.writer_waiting.clone(),
+                        shown: format!("{st:?}"),
+                    }
+                }
+            })
+        }
+    }
+
+    impl Guard {
+        fn holder(&self) -> &str {
+            match self {
+                Guard::One(p) => p.holder(),
+                Guard::Many(p) => p.holder(),
+                Guard::Mutex(g) => g.holder(),
+                Guard::Read(g) => g.holder(),
+                Guard::Write(g) => g.holder(),
+            }
+        }
+
+        fn lost(&self) -> LeaseLostFuture {
+            match self {
+                Guard::One(p) => p.lost(),
+                Guard::Many(p) => p.lost(),
+                Guard::Mutex(g) => g.lost(),
+                Guard::Read(g) => g.lost(),
+                Guard::Write(g) => g.lost(),
+            }
+        }
+
+        fn is_lost(&self) -> bool {
+            match self {
+                Guard::One(p) => p.is_lost(),
+                Guard::Many(p) => p.is_lost(),
+                Guard::Mutex(g) => g.is_lost(),
+                Guard::Read(g) => g.is_lost(),
+                Guard::Write(g) => g.is_lost(),
+            }
+        }
+
+        async fn release(self) -> Result<(), Error> {
+            match self {
+                Guard::One(p) => p.release().await,
+                Guard::Many(p) => p.release().await,
+                Guard::Mutex(g) => g.unlock().await,
+                Guard::Read(g) => g.unlock().await,
+                Guard::Write(g) => g.unlock().await,
+            }
+        }
+
+        /// What the entry record of [`ENTER`] says: permits, kind, fencing token.
+        fn record(&self, count: u32) -> (u32, &'static str, Option<u64>) {
+            match self {
+                Guard::One(_) => (1, "", None),
+                Guard::Many(p) => (p.count(), "p", None),
+                Guard::Mutex(g) => (1, "m", Some(g.fencing_token())),
+                Guard::Read(_) => (1, "r", None),
+                Guard::Write(g) => (count, "w", Some(g.fencing_token())),
+            }
+        }
+    }
+
+    /// The end state of the primitive, from a fresh handle's `inspect`.
+    struct EndState {
+        count: Option<u32>,
+        /// Permits in the pool (`None` for a read-write lock: read raw).
+        free: Option<usize>,
+        /// Permits held by the holders with a lease (expired or not).
+        held: usize,
+        /// Permits held by the holders whose lease is valid.
+        live_held: usize,
+        gate_holder: Option<String>,
+        /// The state as printed.
+        shown: String,
+    }
+
+    /// Where a handle is built: on a client, or on a coordinator (`--cluster`).
+    enum On<'a> {
+        Client(&'a redis::Client),
+        Sync(&'a Coordinator<Rt>),
+    }
+
+    /// A handle on `prim`: created with `create` (semaphores; mutexes and read-write
+    /// locks are opened, which creates them the first time), else attached (semaphores
+    /// wait up to `wait` for it) or opened.
+    async fn open_handle(
+        on: On<'_>,
+        prim: Prim,
+        name: &str,
+        lease: Duration,
+        count: u32,
+        create: bool,
+        wait: Option<Duration>,
+    ) -> Result<Handle, Error> {
+        match prim {
+            Prim::Semaphore | Prim::Many => {
+                let b = match on {
+                    On::Client(c) => Semaphore::<Rt>::builder(c, name),
+                    On::Sync(s) => s.semaphore(name),
+                }
+                .lease_ttl(lease);
+                let sem = if create {
+                    b.create(count).await?
+                } else {
+                    b.attach(wait).await?
+                };
+                Ok(Handle::Sem(sem))
+            }
+            Prim::Mutex => {
+                let b = match on {
+                    On::Client(c) => Mutex::<Rt>::builder(c, name),
+                    On::Sync(s) => s.mutex(name),
+                };
+                Ok(Handle::Mutex(b.lease_ttl(lease).open().await?))
+            }
+            Prim::RwLock => {
+                let b = match on {
+                    On::Client(c) => RwLock::<Rt>::builder(c, name),
+                    On::Sync(s) => s.rwlock(name),
+                };
+                let lock = b.max_readers(count).lease_ttl(lease).open().await?;
+                Ok(Handle::Rw(lock))
+            }
+        }
+    }
+
     /// The worker's handle: on one server, or with `--cluster` on a coordinator of the
     /// cluster whose nodes `args.url` lists.
-    async fn attach_worker(args: &Args) -> Result<Semaphore<Rt>, Error> {
+    async fn attach_worker(args: &Args) -> Result<Handle, Error> {
         let wait = Some(Duration::from_secs(10));
+        let (prim, name, lease, count) = (args.primitive, &args.name, args.lease, args.count);
         if args.cluster {
             #[cfg(feature = "cluster")]
             {
                 let sync = Coordinator::<Rt>::cluster(args.url.split(','))
                     .connect()
                     .await?;
-                return sync
-                    .semaphore(&args.name)
-                    .lease_ttl(args.lease)
-                    .attach(wait)
-                    .await;
+                let on = On::Sync(&sync);
+                return open_handle(on, prim, name, lease, count, false, wait).await;
             }
         }
         let client = redis::Client::open(args.url.as_str())?;
-        Semaphore::<Rt>::builder(&client, &args.name)
-            .lease_ttl(args.lease)
-            .attach(wait)
-            .await
+        open_handle(On::Client(&client), prim, name, lease, count, false, wait).await
     }
 
     /// The connection of a worker's records: to the one server, or a cluster connection.
@@ -609,6 +974,7 @@ return out
             .args(["--id", &id.to_string()])
             .args(["--lease-ms", &args.lease.as_millis().to_string()])
             .args(["--count", &args.count.to_string()])
+            .args(["--primitive", args.primitive.name()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -949,21 +1315,11 @@ return out
             )
         }
 
-        /// A handle on a coordinator of its own: `count` creates, else attach.
-        async fn semaphore(
-            &self,
-            name: &str,
-            lease: Duration,
-            count: Option<u32>,
-        ) -> Result<Semaphore<Rt>, Error> {
-            let sync = Coordinator::<Rt>::cluster(self.cluster.urls())
+        /// A coordinator of its own on the cluster.
+        async fn coordinator(&self) -> Result<Coordinator<Rt>, Error> {
+            Coordinator::<Rt>::cluster(self.cluster.urls())
                 .connect()
-                .await?;
-            let b = sync.semaphore(name).lease_ttl(lease);
-            match count {
-                Some(n) => b.create(n).await,
-                None => b.attach(Some(Duration::from_secs(5))).await,
-            }
+                .await
         }
 
         fn start_changes(&mut self, t0: Instant, migrations: bool, until: Option<Instant>) {
@@ -1053,12 +1409,7 @@ return out
         fn key_conn(&self) -> KeyConn {
             match *self {}
         }
-        async fn semaphore(
-            &self,
-            _name: &str,
-            _lease: Duration,
-            _count: Option<u32>,
-        ) -> Result<Semaphore<Rt>, Error> {
+        async fn coordinator(&self) -> Result<Coordinator<Rt>, Error> {
             match *self {}
         }
         fn start_changes(&mut self, _t0: Instant, _migrations: bool, _until: Option<Instant>) {
@@ -1087,24 +1438,23 @@ return out
         }
     }
 
-    /// A handle of this program on the semaphore, on the one server at `url` or on the
-    /// cluster: `count` creates it, else attach.
-    async fn parent_semaphore(
+    /// A handle of this program on the primitive, on the one server at `url` or on the
+    /// cluster: `create` creates it (opens a mutex or read-write lock), else attach.
+    async fn parent_handle(
         url: &str,
         cluster: Option<&ClusterRun>,
+        args: &Args,
         name: &str,
-        lease: Duration,
-        count: Option<u32>,
-    ) -> Result<Semaphore<Rt>, Error> {
+        create: bool,
+    ) -> Result<Handle, Error> {
+        let wait = Some(Duration::from_secs(5));
+        let (prim, lease, count) = (args.primitive, args.lease, args.count);
         if let Some(c) = cluster {
-            return c.semaphore(name, lease, count).await;
+            let sync = c.coordinator().await?;
+            return open_handle(On::Sync(&sync), prim, name, lease, count, create, wait).await;
         }
         let client = redis::Client::open(url)?;
-        let b = Semaphore::<Rt>::builder(&client, name).lease_ttl(lease);
-        match count {
-            Some(n) => b.create(n).await,
-            None => b.attach(Some(Duration::from_secs(5))).await,
-        }
+        open_handle(On::Client(&client), prim, name, lease, count, create, wait).await
     }
 
     /// One stay of a worker in its critical section, as it reported it (ms, wall clock).
@@ -1200,8 +1550,14 @@ return out
             },
             check: url.clone(),
         };
+        let what = match args.primitive {
+            Prim::Semaphore => format!("semaphore {name}"),
+            Prim::Mutex => format!("mutex {name}"),
+            Prim::Many => format!("semaphore {name}, acquire_many(1..={})", args.count),
+            Prim::RwLock => format!("rwlock {name}, max_readers {}", args.count),
+        };
         println!(
-            "chaos: {} workers, count {}, lease {:?}, {} s on {} (semaphore {name}){}",
+            "chaos: {} workers, count {}, lease {:?}, {} s on {} ({what}){}",
             args.processes,
             args.count,
             args.lease,
@@ -1224,12 +1580,16 @@ return out
             }
         );
         if let Err(e) = block_on(async {
-            let sem = parent_semaphore(&url, cluster.as_ref(), &name, args.lease, Some(args.count))
-                .await?;
-            sem.close();
+            let h = parent_handle(&url, cluster.as_ref(), &args, &name, true).await?;
+            h.finish().await;
             Ok::<_, Error>(())
         }) {
-            println!("chaos: FAILED cannot create the semaphore: {e}");
+            let noun = match args.primitive {
+                Prim::Semaphore | Prim::Many => "semaphore",
+                Prim::Mutex => "mutex",
+                Prim::RwLock => "rwlock",
+            };
+            println!("chaos: FAILED cannot create the {noun}: {e}");
             return 1;
         }
 
@@ -1243,10 +1603,17 @@ return out
         let my_id: u64 = con
             .query(redis::cmd("CLIENT").arg("ID"))
             .expect("parent connection");
-        let b = base(&name);
+        let b = base(args.primitive, &name);
         let (pool, pattern) = (format!("{b}:list"), format!("{b}:held:*"));
+        let gate = format!("{b}:gate");
+        // `{free, held}`, and with the gate checked (e) `{free, held permits, gates}`.
         let mut totals = redis::cmd("EVAL");
-        totals.arg(TOTALS).arg(1).arg(&pool).arg(&pattern);
+        if args.primitive.gated() {
+            totals.arg(TOTALS_GATE).arg(2).arg(&pool).arg(&gate);
+        } else {
+            totals.arg(TOTALS).arg(1).arg(&pool);
+        }
+        totals.arg(&pattern);
         let poller_stop = Arc::new(AtomicBool::new(false));
         let poller = spawn_lease_poller(key_conn(), format!("{b}:leases"), poller_stop.clone());
 
@@ -1272,6 +1639,8 @@ return out
         let mut delay_until: Option<Instant> = None;
         let (mut blackholes, mut delays, mut resets) = (0u64, 0u64, 0u64);
         let mut bad_samples: Vec<(f64, i64, i64)> = Vec::new();
+        // Check (e): sums where the gate tokens were not exactly one (t s, gates).
+        let mut bad_gates: Vec<(f64, i64)> = Vec::new();
         // Cluster: topology changes like network faults, none in the last lease + 1 s.
         if let Some(c) = cluster.as_mut() {
             c.start_changes(start, args.migrations, faults_end);
@@ -1283,10 +1652,25 @@ return out
             let now = Instant::now();
             let migrating = || cluster.as_ref().is_some_and(|c| c.migrating());
             let migrated_before = migrating();
-            match con.query::<(i64, i64)>(&totals) {
+            match con.query::<Vec<i64>>(&totals) {
                 Ok(_) | Err(_) if migrated_before || migrating() => skipped_samples += 1,
-                Ok((free, held)) => {
+                Ok(sums) => {
+                    let free = sums.first().copied().unwrap_or(-1);
+                    let held = sums.get(1).copied().unwrap_or(-1);
                     samples += 1;
+                    if let Some(&gates) = sums.get(2) {
+                        if gates != 1 {
+                            bad_gates.push((start.elapsed().as_secs_f64(), gates));
+                            if bad_gates.len() == 1 {
+                                println!(
+                                    "chaos: first wrong number of gate tokens at t={:.3}s \
+                                     ({gates}); the keys {}",
+                                    start.elapsed().as_secs_f64(),
+                                    dump_keys(&mut con, &pool, &b)
+                                );
+                            }
+                        }
+                    }
                     if free + held != i64::from(args.count) {
                         bad_samples.push((start.elapsed().as_secs_f64(), free, held));
                         if bad_samples.len() == 1 {
@@ -1434,19 +1818,24 @@ return out
         // leases end. Poll (there is no signal for it) up to lease + renewal + slack.
         let bound = args.lease + args.lease.mul_f64(0.4) + Duration::from_secs(5);
         let end_state = block_on(async {
-            let sem = parent_semaphore(&url, cluster.as_ref(), &name, args.lease, None).await?;
+            let h = parent_handle(&url, cluster.as_ref(), &args, &name, false).await?;
             let waited = Instant::now();
             loop {
-                let st = sem.inspect().await?;
-                let live_held: usize = st
-                    .holders
-                    .iter()
-                    .filter(|h| h.lease_remaining.is_some())
-                    .map(|h| h.permits)
-                    .sum();
-                if st.held() == 0 || waited.elapsed() > bound {
-                    sem.close();
-                    return Ok::<_, Error>((st, live_held, waited.elapsed()));
+                let st = h.snapshot().await?;
+                // A killed collector may hold the gate with no permit: wait for it too.
+                // `inspect` reads the pool, then the held lists, in two requests: a reclaim
+                // by this handle's own renewal in between hides a permit from it. The other
+                // primitives wait for a snapshot that adds up (a permit really lost never
+                // does: the check below then fails); the semaphore's check is as it was.
+                let settled = match st.free {
+                    _ if args.primitive == Prim::Semaphore => true,
+                    Some(free) => free + st.live_held == args.count as usize,
+                    None => true,
+                };
+                if (st.held == 0 && st.gate_holder.is_none() && settled) || waited.elapsed() > bound
+                {
+                    h.finish().await;
+                    return Ok::<_, Error>((st, waited.elapsed()));
                 }
                 sleep(Duration::from_millis(50)).await;
             }
@@ -1461,18 +1850,65 @@ return out
             }
         }
         // Without the semaphore (its keys gone) report everything else all the same.
-        let (st, live_held, waited, end_error) = match end_state {
-            Ok((st, live, waited)) => (Some(st), live, waited, None),
+        let (st, waited, end_error) = match end_state {
+            Ok((st, waited)) => (Some(st), waited, None),
             Err(e) => {
                 let keys: Vec<String> = con
                     .query(redis::cmd("KEYS").arg(format!("{b}*")))
                     .unwrap_or_default();
-                let why = format!("cannot inspect the semaphore at the end: {e}; keys: {keys:?}");
-                (None, 0, Duration::ZERO, Some(why))
+                let noun = match args.primitive {
+                    Prim::Semaphore | Prim::Many => "semaphore",
+                    Prim::Mutex => "mutex",
+                    Prim::RwLock => "rwlock",
+                };
+                let why = format!("cannot inspect the {noun} at the end: {e}; keys: {keys:?}");
+                (None, Duration::ZERO, Some(why))
             }
         };
+        let live_held = st.as_ref().map_or(0, |st| st.live_held);
         let raw_free: i64 = con.query(redis::cmd("LLEN").arg(&pool)).unwrap_or(-1);
-        let (raw_free2, raw_held) = con.query::<(i64, i64)>(&totals).unwrap_or((-1, -1));
+        let sums = con.query::<Vec<i64>>(&totals).unwrap_or_default();
+        let raw_free2 = sums.first().copied().unwrap_or(-1);
+        let raw_held = sums.get(1).copied().unwrap_or(-1);
+        // Check (e) at the end: one gate token, in the gate list.
+        let raw_gates = sums.get(2).copied();
+        let gate_list: Vec<String> = if args.primitive.gated() {
+            con.query(redis::cmd("LRANGE").arg(&gate).arg(0).arg(-1))
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        // Check (d): the tokens recorded with a valid lease, in the order recorded.
+        let (tokens, stale_tokens) = if args.primitive.fenced() {
+            let records: Vec<String> = con
+                .query(
+                    redis::cmd("LRANGE")
+                        .arg(format!("chaos:{{{name}}}:tokens"))
+                        .arg(0)
+                        .arg(-1),
+                )
+                .unwrap_or_default();
+            let stale: i64 = con
+                .query(redis::cmd("LLEN").arg(format!("chaos:{{{name}}}:stale_tokens")))
+                .unwrap_or(-1);
+            (records, stale)
+        } else {
+            (Vec::new(), 0)
+        };
+        let parsed: Vec<Option<u64>> = tokens
+            .iter()
+            .map(|r| r.split(' ').next().and_then(|t| t.parse().ok()))
+            .collect();
+        let unreadable = parsed.iter().filter(|t| t.is_none()).count();
+        let out_of_order: Vec<String> = parsed
+            .windows(2)
+            .enumerate()
+            .filter(|(_, w)| matches!(w, [Some(a), Some(b)] if b <= a))
+            .map(|(i, _)| format!("#{i} {:?} then #{} {:?}", tokens[i], i + 1, tokens[i + 1]))
+            .collect();
+        let distinct: std::collections::HashSet<u64> = parsed.iter().flatten().copied().collect();
+        let duplicates = parsed.len() - unreadable - distinct.len();
+        let max_token = parsed.iter().flatten().copied().max();
         let stats_key = format!("chaos:{{{name}}}:stats");
         let stats: HashMap<String, i64> = con
             .query(redis::cmd("HGETALL").arg(&stats_key))
@@ -1489,7 +1925,11 @@ return out
         let get = |k: &str| stats.get(k).copied().unwrap_or(0);
         let acquisitions = get("acquisitions");
         let max_inside = get("max");
-        let permits_end = st.as_ref().map_or(0, |st| st.free) + live_held;
+        // A read-write lock's state has no free permits: the raw pool list then.
+        let permits_end = st
+            .as_ref()
+            .map_or(0, |st| st.free.unwrap_or(raw_free.max(0) as usize))
+            + live_held;
 
         println!(
             "chaos: workers: {:?}; samples {samples}; {} entries without a valid lease; \
@@ -1497,8 +1937,25 @@ return out
             worker_stats,
             get("entered_without_lease"),
             st.as_ref()
-                .map_or("none (no semaphore)".to_owned(), |st| format!("{st:?}"))
+                .map_or("none (no semaphore)".to_owned(), |st| st.shown.clone())
         );
+        if args.primitive.fenced() {
+            println!(
+                "chaos: check (d): {} tokens recorded with a valid lease ({} out of order, \
+                 {duplicates} duplicates, {unreadable} unreadable), {stale_tokens} by holders \
+                 whose lease had ended",
+                tokens.len(),
+                out_of_order.len()
+            );
+        }
+        if args.primitive.gated() {
+            println!(
+                "chaos: check (e): {} sums with a number of gate tokens other than 1; at the \
+                 end {} gate tokens, gate list {gate_list:?}",
+                bad_gates.len(),
+                raw_gates.map_or("?".to_owned(), |g| g.to_string())
+            );
+        }
         println!(
             "chaos: check (c): {} stays, {leases_lost} lost leases told while inside, \
              {} inside past expiry + {LATE_SLACK_MS} ms, {unseen} with a lease never seen \
@@ -1537,11 +1994,46 @@ return out
             ));
         }
         if get("violations") > 0 || max_inside > i64::from(args.count) {
+            let what = match args.primitive {
+                Prim::Semaphore | Prim::Mutex => format!("more than {} holders", args.count),
+                Prim::Many => format!("more than {} permits", args.count),
+                Prim::RwLock => format!(
+                    "more than {0} permits (a writer with anyone else, or more than {0} \
+                     readers)",
+                    args.count
+                ),
+            };
             failures.push(format!(
-                "{} entries saw more than {} holders inside with valid leases, e.g. {:?}",
+                "{} entries saw {what} inside with valid leases, e.g. {:?}",
                 get("violations"),
-                args.count,
                 violations
+            ));
+        }
+        if args.primitive.fenced() {
+            if !out_of_order.is_empty() || duplicates > 0 || unreadable > 0 {
+                failures.push(format!(
+                    "the fencing tokens recorded with a valid lease are not strictly \
+                     increasing: {} out of order, {duplicates} duplicates, {unreadable} \
+                     unreadable, e.g. {:?}",
+                    out_of_order.len(),
+                    &out_of_order[..out_of_order.len().min(5)]
+                ));
+            }
+            if tokens.is_empty() {
+                failures.push("no fencing token recorded with a valid lease".into());
+            }
+        }
+        if !bad_gates.is_empty() {
+            failures.push(format!(
+                "gate tokens != 1 in {} of {samples} samples, first (t s, gates): {:?}",
+                bad_gates.len(),
+                &bad_gates[..bad_gates.len().min(5)]
+            ));
+        }
+        if args.primitive.gated() && (raw_gates != Some(1) || gate_list != ["G"]) {
+            failures.push(format!(
+                "at the end {} gate tokens, the gate list {gate_list:?} (want [\"G\"])",
+                raw_gates.map_or("?".to_owned(), |g| g.to_string())
             ));
         }
         if !bad_samples.is_empty() {
@@ -1573,12 +2065,29 @@ return out
         if crashed > 0 {
             failures.push(format!("{crashed} workers exited on their own"));
         }
-        let mut summary = format!(
+        let mut summary = match args.primitive {
+            Prim::Semaphore => String::new(),
+            p => format!("primitive={} ", p.name()),
+        };
+        summary += &format!(
             "acquisitions={acquisitions} kills={kills} conn_kills={conn_kills} \
              max_inside={max_inside} permits_end={permits_end} net_faults={net_faults} \
              leases_lost={leases_lost} worst_told_delay_ms={}",
             worst_told.map_or("none".to_owned(), |w| w.to_string())
         );
+        if args.primitive == Prim::RwLock {
+            summary += &format!(
+                " max_readers={} writes={}",
+                get("max_readers"),
+                get("writes")
+            );
+        }
+        if args.primitive.fenced() {
+            summary += &format!(
+                " max_token={} stale_tokens={stale_tokens}",
+                max_token.map_or("none".to_owned(), |t| t.to_string())
+            );
+        }
         if let Some(c) = &cluster {
             summary += &format!(" failovers={} migrations={}", c.failovers(), c.migrations());
         }
