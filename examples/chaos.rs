@@ -85,8 +85,8 @@
 //!   a permit); there must always be exactly one. At the end, nobody holding it, the gate
 //!   list must be exactly `[G]`.
 //!
-//! For the end state of (b), the other primitives than `semaphore` also wait for a
-//! snapshot in which free + held by live leases adds up to `count` (up to the same bound):
+//! For the end state of (b), every primitive also waits for a snapshot in which free +
+//! held by live leases adds up to `count` (up to the same bound):
 //! `inspect` reads the pool and the held lists in two requests, so a reclaim in between
 //! (by the checking handle's own renewal) can hide a permit from one snapshot.
 //!
@@ -1824,11 +1824,10 @@ return out
                 let st = h.snapshot().await?;
                 // A killed collector may hold the gate with no permit: wait for it too.
                 // `inspect` reads the pool, then the held lists, in two requests: a reclaim
-                // by this handle's own renewal in between hides a permit from it. The other
-                // primitives wait for a snapshot that adds up (a permit really lost never
-                // does: the check below then fails); the semaphore's check is as it was.
+                // by this handle's own renewal in between hides a permit from it. So every
+                // primitive waits for a snapshot that adds up (a permit really lost never
+                // does: the check below then fails, at the same bound).
                 let settled = match st.free {
-                    _ if args.primitive == Prim::Semaphore => true,
                     Some(free) => free + st.live_held == args.count as usize,
                     None => true,
                 };
