@@ -153,13 +153,11 @@ if ARGV[3] == '1' then meta = KEYS[5] end
 if gate_taken(KEYS[4], meta) then return 0 end
 local t = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
 if not t then return 0 end
-local ms = tonumber(ARGV[2])
-if ms > 0 then
-  -- The held list never outlives the semaphore's other keys (see `RENEW`).
-  keep(KEYS[2], ms)
-  keep(KEYS[1], ms)
-  keep(KEYS[3], ms)
-  if meta ~= '' then keep(meta, ms) end
+if tonumber(ARGV[2]) > 0 and meta ~= '' then
+  -- The held list expires with the metadata, never after it (see `RENEW`; the pool may
+  -- have just been emptied and deleted): one read and one write on the hot path.
+  local p = redis.call('PTTL', meta)
+  if p > 0 then redis.call('PEXPIRE', KEYS[2], p) end
 end
 return t
 "#,
