@@ -86,7 +86,10 @@
 //!   sem1_connections=...`: medians over the pairs; `ratio` is the median of the per-pair
 //!   ratios mutex / semaphore (throughput), `p50_ratio` the same for the p50 latency;
 //!   `connections` are those the server accepted for each kind's handles (creation and
-//!   runs).
+//!   runs). With `--coordinator 1` both kinds share the coordinator's connections: its
+//!   shared connection is opened before either count starts, and the blocking connections
+//!   opened by whichever kind ran first are reused by the other (so `1 + connections +
+//!   sem1_connections` is the process's total).
 //! - `many`: `--tasks` tasks (default 1) on `--handles` handles of one semaphore of
 //!   `--count` permits (default 8) loop `acquire_many(--k)` (default 4) then release (one
 //!   call for all `k`). Baseline, paired as in `mutex`: the same tasks take `k` single
