@@ -3,6 +3,13 @@
 //! - `ping_rtt`: one PING on a dedicated connection, the round trip the others compare to;
 //! - `seq_1task_count1`: one task, count 1, acquire then release in a loop;
 //! - `64tasks_count8`: 64 tasks sharing one handle of a semaphore of count 8;
+//! - `mutex_1task`: one task, `lock()` then `unlock().await` on a `Mutex` in a loop (compare
+//!   with `seq_1task_count1`, a semaphore of count 1);
+//! - `many4_count8_1task`: one task, `acquire_many(4)` then `release().await` on a semaphore
+//!   of count 8;
+//! - `singles4_count8_1task`: its baseline: one task takes 4 single permits one after the
+//!   other, then releases them one by one (`release().await` each); for both, an element
+//!   is one grant of 4 permits and its release;
 //! - `handoff_2handles`: from a release on one handle until a task waiting on a second handle
 //!   (created separately, so the permit goes through Redis) holds the permit;
 //! - `waiters_10k`: 10,000 tasks queue one by one behind the only permit (every 3rd is
@@ -22,11 +29,12 @@ mod scenarios;
 mod server;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use redis_sync::Runtime;
-use scenarios::{Handoff, Monitor, Release, Stop};
+use scenarios::{Handoff, ManyCycle, Monitor, MutexCycle, Op, Release, SinglesCycle, Stop};
 
 /// What a runtime must offer the benches: running a future to completion from outside.
 trait Exec {
@@ -136,6 +144,38 @@ fn suite<R: Runtime, E: Exec>(c: &mut Criterion, label: &str, exec: &E) {
         })
     });
 
+    let lock = Arc::new(
+        exec.block_on(redis_sync::Mutex::<R>::open(&client, &unique("mutex")))
+            .expect("open"),
+    );
+    let mutex = [Arc::new(MutexCycle {
+        lock: lock.clone(),
+        release: Release::Await,
+    })];
+    g.bench_function("mutex_1task", |b| {
+        b.iter_custom(|iters| ops_1task(exec, &rt, &mutex, iters))
+    });
+
+    let sem8 = exec
+        .block_on(scenarios::open_handles::<R>(&client, &unique("many"), 8, 1))
+        .expect("create");
+    let many = [Arc::new(ManyCycle {
+        sem: sem8[0].clone(),
+        k: 4,
+        release: Release::Await,
+    })];
+    g.bench_function("many4_count8_1task", |b| {
+        b.iter_custom(|iters| ops_1task(exec, &rt, &many, iters))
+    });
+    let singles = [Arc::new(SinglesCycle {
+        sem: sem8[0].clone(),
+        k: 4,
+        release: Release::Await,
+    })];
+    g.bench_function("singles4_count8_1task", |b| {
+        b.iter_custom(|iters| ops_1task(exec, &rt, &singles, iters))
+    });
+
     let mut pair = Some(
         exec.block_on(Handoff::<R>::new(&rt, &client, &unique("handoff")))
             .expect("create"),
@@ -179,9 +219,17 @@ fn suite<R: Runtime, E: Exec>(c: &mut Criterion, label: &str, exec: &E) {
     if let Some(h) = pair {
         h.close();
     }
-    for s in one.iter().chain(&eight) {
+    for s in one.iter().chain(&eight).chain(&sem8) {
         s.close();
     }
+    let _ = exec.block_on(lock.shutdown());
+}
+
+/// One task running `op` `iters` times; the time it took.
+fn ops_1task<R: Runtime, E: Exec, O: Op>(exec: &E, rt: &R, op: &[Arc<O>], iters: u64) -> Duration {
+    exec.block_on(scenarios::cycle_ops(rt, op, 1, Stop::Ops(iters), false))
+        .expect("cycle")
+        .elapsed
 }
 
 fn all(c: &mut Criterion) {

@@ -1,4 +1,4 @@
-//! Load generator for the semaphore.
+//! Load generator for the semaphore and the other primitives.
 //!
 //! ```text
 //! cargo run --release --example loadgen -- --tasks 64 --count 8 --secs 10
@@ -8,6 +8,10 @@
 //! cargo run --release --example loadgen -- --mode handoff --rounds 2000
 //! cargo run --release --example loadgen -- --mode waiters --tasks 10000
 //! cargo run --release --example loadgen -- --mode longlived --cycles 1000000
+//! cargo run --release --example loadgen -- --mode mutex --tasks 4 --handles 1 --secs 3
+//! cargo run --release --example loadgen -- --mode many --k 4 --count 8 --tasks 1 --secs 3
+//! cargo run --release --example loadgen -- --mode rwlock --tasks 8 --write-pct 10 --secs 3
+//! cargo run --release --example loadgen -- --mode fanout --waiters 1000 --rounds 200
 //! ```
 //!
 //! Modes:
@@ -51,9 +55,9 @@
 //!   max_blocking=... queued_waits=... peak_queued=... grants=... timeouts=...
 //!   lost_leases=... background_errors=...`.
 //! - `handoff`: a permit released by one handle reaches a task waiting on a second handle,
-//!   created separately, through Redis; `--rounds` samples, compared with the PING round
-//!   trip on a dedicated connection measured in the same run, and with the same handoff
-//!   done with plain redis-rs (RPUSH to a task blocked in BLMOVE).
+//!   created separately, through Redis; `--rounds` samples (default 2,000), compared with
+//!   the PING round trip on a dedicated connection measured in the same run, and with the
+//!   same handoff done with plain redis-rs (RPUSH to a task blocked in BLMOVE).
 //! - `waiters`: `--tasks` tasks queue one by one behind the only permit of one handle;
 //!   every `--cancel-every`-th (default 3) is cancelled while queued and every
 //!   `--race-every`-th (default 10) while the permit goes down the queue. Checks FIFO
@@ -67,6 +71,72 @@
 //!   at the start, after the first `--kill-every` cycles and at the end; the last line is
 //!   `longlived: ok|FAILED cycles=... rss_start_kb=... rss_end_kb=... keys_start=...
 //!   keys_end=...`.
+//! - `mutex`: `--tasks` tasks (default 4) on `--handles` handles (default 1; from one
+//!   coordinator with `--coordinator 1`) of one `Mutex` loop `lock()` then `unlock()`
+//!   (`--release drop`: drop the guard); the baseline, in the same process and on the same
+//!   server, is the `cycle` above with the same tasks and handles on a semaphore of one
+//!   permit. `--pairs` pairs (default 3) of `--secs` runs each, the order alternating
+//!   (mutex first in odd pairs). One line per run: `loadgen: pair I mutex|semaphore1:
+//!   ops_per_sec=... p50_us=... p99_us=... evalsha=... blmove=... opened=...` (commands
+//!   per cycle and connections opened, as the server counted them), then `loadgen: mutex
+//!   evalsha=... blmove=... per cycle; semaphore1 ...; mutex after: free=... held=...
+//!   next_fence=...`, and last: `mutex: tasks=... handles=... coordinator=0|1 pairs=...
+//!   ops_per_sec=... p50_us=... p99_us=... sem1_ops_per_sec=... sem1_p50_us=...
+//!   sem1_p99_us=... ratio=... ratios=r1,r2,... p50_ratio=... connections=...
+//!   sem1_connections=...`: medians over the pairs; `ratio` is the median of the per-pair
+//!   ratios mutex / semaphore (throughput), `p50_ratio` the same for the p50 latency;
+//!   `connections` are those the server accepted for each kind's handles (creation and
+//!   runs). With `--coordinator 1` both kinds share the coordinator's connections: its
+//!   shared connection is opened before either count starts, and the blocking connections
+//!   opened by whichever kind ran first are reused by the other (so `1 + connections +
+//!   sem1_connections` is the process's total).
+//! - `many`: `--tasks` tasks (default 1) on `--handles` handles of one semaphore of
+//!   `--count` permits (default 8) loop `acquire_many(--k)` (default 4) then release (one
+//!   call for all `k`). Baseline, paired as in `mutex`: the same tasks take `k` single
+//!   permits one after the other, hold them together, then release them one by one
+//!   (`--release drop`: drop them), on a second semaphore of the same count. The baseline
+//!   can deadlock once `tasks × (k − 1) >= count` (every task holding `k − 1`): then it is
+//!   skipped (`singles=skipped`). Per run: `loadgen: pair I many|singles: ...` as in
+//!   `mutex`; last: `many: k=... count=... tasks=... handles=... coordinator=0|1 pairs=...
+//!   ops_per_sec=... permits_per_sec=... p50_us=... p99_us=... connections=...
+//!   singles_ops_per_sec=... singles_p50_us=... singles_p99_us=... ratio=... ratios=...
+//!   p50_ratio=... singles_connections=...`, an operation being one grant of `k` permits
+//!   and its release either way; `ratio` is acquire_many / singles (throughput).
+//! - `rwlock`: `--tasks` tasks (default 8) on `--handles` handles of one `RwLock` of
+//!   `--max-readers` (default 64) each loop a write (`write()` then unlock) with
+//!   probability `--write-pct` % (default 10), else a read (`read()` then unlock).
+//!   Baseline, paired as in `mutex`: acquire/release on a semaphore of `--max-readers`
+//!   permits (what a read is made of), same tasks and handles. Per run: `loadgen: pair I
+//!   rwlock|semaphore: ...` as in `mutex`, then per pair `loadgen: pair I rwlock reads:
+//!   per_sec=... p50_us=... p99_us=...; writes: per_sec=... p50_us=... p99_us=...`; last:
+//!   `rwlock: tasks=... handles=... coordinator=0|1 max_readers=... write_pct=... pairs=...
+//!   ops_per_sec=... reads_per_sec=... writes_per_sec=... read_p50_us=... read_p99_us=...
+//!   write_p50_us=... write_p99_us=... sem_ops_per_sec=... sem_p50_us=... sem_p99_us=...
+//!   ratio=... ratios=... read_p50_ratio=... connections=... sem_connections=...` (`ratio`:
+//!   rwlock / semaphore throughput; `read_p50_ratio`: rwlock read p50 / semaphore p50).
+//! - `fanout`: `--waiters` tasks (default 1,000) wait on one `Notify`, task `i` on handle
+//!   `i % --handles` (default 1; several handles each have their own connections, or
+//!   share one coordinator with `--coordinator 1`), then `set()` releases them all. Per
+//!   round (`--rounds`, default 200, after 10 warm-up rounds): `clear()`, the waiters start
+//!   and are seen waiting (every one registered on its handle, every handle's blocking
+//!   wait counted in `blocked_clients` on the server), then the time from the call to
+//!   `set()` until each waiter's `wait()` has returned in its task; the round's sample is
+//!   its last (and its first) waiter. Baselines measured in the same process after the
+//!   rounds: 4,000 PINGs on a dedicated connection, the plain redis-rs handoff (RPUSH to
+//!   one task blocked in BLMOVE), and the same number of tasks woken in process by one
+//!   shared future (no Redis: what waking them costs this runtime). Lines: `loadgen:
+//!   ping_rtt_p50_us=... ping_rtt_p99_us=...`, `loadgen: raw_redis_rs_handoff_p50_us=...
+//!   p99_us=...`, `loadgen: local_last_p50_us=... local_last_p99_us=...`, `loadgen:
+//!   set_call_p50_us=... first_p50_us=... first_p99_us=... last_p90_us=...
+//!   commands_per_round: evalsha=... blmove=... client_unblock=...`, and last:
+//!   `fanout: waiters=... handles=... coordinator=0|1 rounds=... last_p50_us=...
+//!   last_p99_us=... last_max_us=... first_p50_us=... rtt_p50_us=... last_p50_in_rtts=...
+//!   raw_handoff_p50_us=... local_last_p50_us=... connections=... expected_connections=...
+//!   open_while_waiting=... connections_ok=true|false`, where `connections` is what the server accepted from
+//!   before the handles were opened to the end of the rounds, `open_while_waiting` the
+//!   most open at once (beyond the baseline) with every waiter waiting, and
+//!   `expected_connections` one shared plus one blocking connection per handle: `2 ×
+//!   handles`, or `1 + handles` with one coordinator.
 //! - `cluster-serve` (feature `cluster`): starts a local cluster (6 nodes: 3 primaries, 3
 //!   replicas, `tests/common/cluster.rs`), prints
 //!   `cluster: REDIS_CLUSTER_URLS=redis://127.0.0.1:P1/,...` and serves until its standard
@@ -91,6 +161,8 @@ mod cluster;
 mod longlived;
 #[path = "support/nodes.rs"]
 mod nodes;
+#[path = "support/prims.rs"]
+mod prims;
 #[path = "support/scenarios.rs"]
 #[allow(dead_code)]
 mod scenarios;
@@ -109,10 +181,12 @@ use nodes::{NodeSnap, Nodes, NodesDelta};
 use redis_sync::{Coordinator, Runtime, Semaphore};
 use scenarios::{micros, quantile, Release, Res, Stop};
 
-const USAGE: &str = "usage: loadgen [--mode cycle|names|handoff|waiters|longlived|cluster-serve] \
+const USAGE: &str = "usage: loadgen \
+[--mode cycle|names|handoff|waiters|longlived|mutex|many|rwlock|fanout|cluster-serve] \
 [--tasks N] [--count N] [--secs S] [--handles N] [--coordinator 0|1] [--max-blocking N] \
 [--names N] [--cluster] [--rounds N] [--cancel-every N] [--race-every N] \
-[--cycles N] [--kill-every N] \
+[--cycles N] [--kill-every N] [--pairs N] [--k N] [--max-readers N] [--write-pct P] \
+[--waiters N] \
 [--release await|drop] [--runtime tokio|smol] [--threads N] [--on-main 0|1] [--name NAME]";
 
 #[derive(Clone, Debug)]
@@ -126,7 +200,7 @@ struct Args {
     max_blocking: Option<usize>,
     names: usize,
     cluster: bool,
-    rounds: usize,
+    rounds: Option<usize>,
     cancel_every: usize,
     race_every: usize,
     cycles: u64,
@@ -136,6 +210,11 @@ struct Args {
     on_main: bool,
     release: Release,
     name: String,
+    pairs: usize,
+    k: u32,
+    max_readers: u32,
+    write_pct: u32,
+    waiters: usize,
 }
 
 impl Args {
@@ -150,7 +229,7 @@ impl Args {
             max_blocking: None,
             names: 100,
             cluster: false,
-            rounds: 2000,
+            rounds: None,
             cancel_every: 3,
             race_every: 10,
             cycles: 1_000_000,
@@ -160,6 +239,11 @@ impl Args {
             on_main: false,
             release: Release::Await,
             name: format!("loadgen-{}-{:08x}", std::process::id(), fastrand::u32(..)),
+            pairs: 3,
+            k: 4,
+            max_readers: redis_sync::DEFAULT_MAX_READERS,
+            write_pct: 10,
+            waiters: 1000,
         };
         while let Some(flag) = it.next() {
             if flag == "-h" || flag == "--help" {
@@ -183,7 +267,7 @@ impl Args {
                 "--coordinator" => a.coordinator = value == "1",
                 "--max-blocking" => a.max_blocking = Some(value.parse().map_err(|e| bad(&e))?),
                 "--names" => a.names = value.parse().map_err(|e| bad(&e))?,
-                "--rounds" => a.rounds = value.parse().map_err(|e| bad(&e))?,
+                "--rounds" => a.rounds = Some(value.parse().map_err(|e| bad(&e))?),
                 "--cancel-every" => a.cancel_every = value.parse().map_err(|e| bad(&e))?,
                 "--race-every" => a.race_every = value.parse().map_err(|e| bad(&e))?,
                 "--cycles" => a.cycles = value.parse().map_err(|e| bad(&e))?,
@@ -199,19 +283,31 @@ impl Args {
                     }
                 }
                 "--name" => a.name = value,
+                "--pairs" => a.pairs = value.parse().map_err(|e| bad(&e))?,
+                "--k" => a.k = value.parse().map_err(|e| bad(&e))?,
+                "--max-readers" => a.max_readers = value.parse().map_err(|e| bad(&e))?,
+                "--write-pct" => a.write_pct = value.parse().map_err(|e| bad(&e))?,
+                "--waiters" => a.waiters = value.parse().map_err(|e| bad(&e))?,
                 _ => return Err(format!("unknown flag {flag}\n{USAGE}").into()),
             }
         }
         if a.handles == 0
             || a.tasks == Some(0)
-            || a.rounds == 0
+            || a.rounds == Some(0)
             || a.names == 0
             || a.max_blocking == Some(0)
+            || a.pairs == 0
+            || a.k == 0
+            || a.waiters == 0
         {
             return Err(format!(
-                "--handles, --tasks, --rounds, --names and --max-blocking must be at least 1\n{USAGE}"
+                "--handles, --tasks, --rounds, --names, --max-blocking, --pairs, --k and --waiters \
+                 must be at least 1\n{USAGE}"
             )
             .into());
+        }
+        if a.write_pct > 100 {
+            return Err(format!("--write-pct is a percentage (0..=100)\n{USAGE}").into());
         }
         if a.cluster && !matches!(a.mode.as_str(), "cycle" | "names") {
             return Err(format!("--cluster works with --mode cycle or names\n{USAGE}").into());
@@ -450,6 +546,10 @@ async fn run<R: Runtime>(args: &Args, topo: &Topo) -> Res<()> {
         "handoff" => handoff(&rt, args, topo.client()?).await,
         "waiters" => waiters(&rt, args, topo.client()?).await,
         "longlived" => long_lived(&rt, args, topo.client()?).await,
+        "mutex" => prims::mutex(&rt, args, topo).await,
+        "many" => prims::many(&rt, args, topo).await,
+        "rwlock" => prims::rwlock(&rt, args, topo).await,
+        "fanout" => prims::fanout(&rt, args, topo).await,
         other => Err(format!("unknown mode {other}\n{USAGE}").into()),
     }
 }
@@ -741,19 +841,19 @@ async fn names<R: Runtime>(rt: &R, args: &Args, topo: &Topo) -> Res<()> {
 }
 
 async fn handoff<R: Runtime>(rt: &R, args: &Args, client: &redis::Client) -> Res<()> {
+    let rounds = args.rounds.unwrap_or(2000);
     println!(
-        "loadgen: mode=handoff runtime={} rounds={}",
-        args.runtime, args.rounds
+        "loadgen: mode=handoff runtime={} rounds={rounds}",
+        args.runtime
     );
     let mut h = scenarios::Handoff::<R>::new(rt, client, &args.name).await?;
     // Warm up: scripts loaded, blocking connection opened, caches hot.
-    h.rounds(50.min(args.rounds)).await?;
-    let mut rtts = h.mon.ping_rtts(args.rounds).await?;
-    let mut samples = h.rounds(args.rounds).await?;
-    rtts.extend(h.mon.ping_rtts(args.rounds).await?);
+    h.rounds(50.min(rounds)).await?;
+    let mut rtts = h.mon.ping_rtts(rounds).await?;
+    let mut samples = h.rounds(rounds).await?;
+    rtts.extend(h.mon.ping_rtts(rounds).await?);
     h.close();
-    let mut raw =
-        scenarios::raw_handoff(rt, client, &format!("{}:raw", args.name), args.rounds).await?;
+    let mut raw = scenarios::raw_handoff(rt, client, &format!("{}:raw", args.name), rounds).await?;
     raw.sort_unstable();
     samples.sort_unstable();
     rtts.sort_unstable();

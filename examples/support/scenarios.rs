@@ -1,5 +1,6 @@
 //! Load scenarios shared by `examples/loadgen.rs` and `benches/acquire_release.rs`, written
-//! once for any runtime: the acquire+release cycle, the handoff between two handles, and
+//! once for any runtime: the acquire+release cycle (and the same loop over any [`Op`]: a
+//! mutex, `acquire_many`, a read-write lock), the handoff between two handles, and
 //! thousands of tasks waiting on one handle.
 //!
 //! Connections are counted on the server (`INFO`), never guessed from the client side.
@@ -15,7 +16,7 @@ use futures::channel::{mpsc, oneshot};
 use futures::future::{abortable, select, AbortHandle, Either, FutureExt};
 use futures::StreamExt;
 use redis::aio::MultiplexedConnection;
-use redis_sync::{Runtime, Semaphore};
+use redis_sync::{Mutex as Lock, Runtime, RwLock, Semaphore};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Res<T> = std::result::Result<T, BoxError>;
@@ -218,11 +219,24 @@ pub struct CycleReport {
     /// One sample per cycle (acquire, including any wait, then release), sorted; empty
     /// unless recorded.
     pub latencies: Vec<Duration>,
+    /// The same samples by the class [`Op::once`] returned (index = class), each sorted;
+    /// empty when every cycle was of class 0 (then [`CycleReport::class`] gives
+    /// `latencies`).
+    pub classes: Vec<Vec<Duration>>,
 }
 
 impl CycleReport {
     pub fn ops_per_sec(&self) -> f64 {
         self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The samples of `class` (sorted; empty if none).
+    pub fn class(&self, class: usize) -> &[Duration] {
+        match self.classes.get(class) {
+            Some(c) => c,
+            None if class == 0 && self.classes.is_empty() => &self.latencies,
+            None => &[],
+        }
     }
 }
 
@@ -235,6 +249,116 @@ pub enum Release {
     Drop,
 }
 
+/// One cycle of a load: take something, give it back.
+pub trait Op: Send + Sync + 'static {
+    /// Runs one cycle; returns its class (for example 0 for a read, 1 for a write), by
+    /// which [`CycleReport::classes`] splits the latencies.
+    fn once(&self) -> impl Future<Output = Res<usize>> + Send;
+}
+
+/// `acquire` then release on a semaphore.
+pub struct SemCycle<R: Runtime> {
+    pub sem: Arc<Semaphore<R>>,
+    pub release: Release,
+}
+
+impl<R: Runtime> Op for SemCycle<R> {
+    async fn once(&self) -> Res<usize> {
+        let permit = self.sem.acquire().await?;
+        match self.release {
+            Release::Await => permit.release().await?,
+            Release::Drop => drop(permit),
+        }
+        Ok(0)
+    }
+}
+
+/// `lock()` then unlock.
+pub struct MutexCycle<R: Runtime> {
+    pub lock: Arc<Lock<R>>,
+    pub release: Release,
+}
+
+impl<R: Runtime> Op for MutexCycle<R> {
+    async fn once(&self) -> Res<usize> {
+        let guard = self.lock.lock().await?;
+        match self.release {
+            Release::Await => guard.unlock().await?,
+            Release::Drop => drop(guard),
+        }
+        Ok(0)
+    }
+}
+
+/// `acquire_many(k)` then release, all `k` in one call.
+pub struct ManyCycle<R: Runtime> {
+    pub sem: Arc<Semaphore<R>>,
+    pub k: u32,
+    pub release: Release,
+}
+
+impl<R: Runtime> Op for ManyCycle<R> {
+    async fn once(&self) -> Res<usize> {
+        let permits = self.sem.acquire_many(self.k).await?;
+        match self.release {
+            Release::Await => permits.release().await?,
+            Release::Drop => drop(permits),
+        }
+        Ok(0)
+    }
+}
+
+/// What one would write without `acquire_many`: `k` acquires one after the other, held
+/// together, then their `k` releases.
+pub struct SinglesCycle<R: Runtime> {
+    pub sem: Arc<Semaphore<R>>,
+    pub k: u32,
+    pub release: Release,
+}
+
+impl<R: Runtime> Op for SinglesCycle<R> {
+    async fn once(&self) -> Res<usize> {
+        let mut held = Vec::with_capacity(self.k as usize);
+        for _ in 0..self.k {
+            held.push(self.sem.acquire().await?);
+        }
+        for permit in held {
+            match self.release {
+                Release::Await => permit.release().await?,
+                Release::Drop => drop(permit),
+            }
+        }
+        Ok(0)
+    }
+}
+
+/// A read (class 0) or, `write_pct` times in 100, a write (class 1).
+pub struct RwCycle<R: Runtime> {
+    pub lock: Arc<RwLock<R>>,
+    pub write_pct: u32,
+    pub release: Release,
+}
+
+impl<R: Runtime> Op for RwCycle<R> {
+    async fn once(&self) -> Res<usize> {
+        if fastrand::u32(0..100) < self.write_pct {
+            let w = self.lock.write().await?;
+            match self.release {
+                Release::Await => w.unlock().await?,
+                Release::Drop => drop(w),
+            }
+            Ok(1)
+        } else {
+            let r = self.lock.read().await?;
+            match self.release {
+                Release::Await => r.unlock().await?,
+                Release::Drop => drop(r),
+            }
+            Ok(0)
+        }
+    }
+}
+
 /// `tasks` tasks, task `t` on handle `t % sems.len()`, each looping acquire then release.
 pub async fn cycle<R: Runtime>(
     rt: &R,
@@ -244,11 +368,31 @@ pub async fn cycle<R: Runtime>(
     release: Release,
     record: bool,
 ) -> Res<CycleReport> {
+    let ops: Vec<Arc<SemCycle<R>>> = sems
+        .iter()
+        .map(|sem| {
+            Arc::new(SemCycle {
+                sem: sem.clone(),
+                release,
+            })
+        })
+        .collect();
+    cycle_ops(rt, &ops, tasks, stop, record).await
+}
+
+/// `tasks` tasks, task `t` looping `ops[t % ops.len()]`.
+pub async fn cycle_ops<R: Runtime, O: Op>(
+    rt: &R,
+    ops: &[Arc<O>],
+    tasks: usize,
+    stop: Stop,
+    record: bool,
+) -> Res<CycleReport> {
     let (start_tx, start_rx) = oneshot::channel::<Instant>();
     let start = start_rx.shared();
     let (done_tx, mut done_rx) = mpsc::unbounded();
     for t in 0..tasks {
-        let sem = sems[t % sems.len()].clone();
+        let op = ops[t % ops.len()].clone();
         let (start, done) = (start.clone(), done_tx.clone());
         let quota = match stop {
             Stop::Ops(n) => Some(n / tasks as u64 + u64::from((t as u64) < n % tasks as u64)),
@@ -256,7 +400,7 @@ pub async fn cycle<R: Runtime>(
         };
         rt.spawn(async move {
             let res = match start.await {
-                Ok(deadline) => cycles(&sem, quota, deadline, release, record).await,
+                Ok(deadline) => cycles(&*op, quota, deadline, record).await,
                 Err(_) => Ok((0, Vec::new())),
             };
             let _ = done.unbounded_send(res);
@@ -270,7 +414,7 @@ pub async fn cycle<R: Runtime>(
     };
     let _ = start_tx.send(deadline);
     let mut ops = 0;
-    let mut latencies = Vec::new();
+    let mut classes: Vec<Vec<Duration>> = Vec::new();
     let mut first_err = None;
     let limit = match stop {
         Stop::Ops(_) => Duration::from_secs(600),
@@ -281,7 +425,12 @@ pub async fn cycle<R: Runtime>(
             match res {
                 Ok((n, lat)) => {
                     ops += n;
-                    latencies.extend(lat);
+                    if classes.len() < lat.len() {
+                        classes.resize_with(lat.len(), Vec::new);
+                    }
+                    for (all, mine) in classes.iter_mut().zip(lat) {
+                        all.extend(mine);
+                    }
                 }
                 Err(e) => {
                     first_err.get_or_insert(e);
@@ -294,22 +443,30 @@ pub async fn cycle<R: Runtime>(
     if let Some(e) = first_err {
         return Err(e);
     }
+    // One class (the common case): its samples are the latencies, not copied.
+    let mut latencies = if classes.len() <= 1 {
+        classes.pop().unwrap_or_default()
+    } else {
+        classes.iter_mut().for_each(|c| c.sort_unstable());
+        classes.iter().flatten().copied().collect()
+    };
     latencies.sort_unstable();
     Ok(CycleReport {
         ops,
         elapsed,
         latencies,
+        classes,
     })
 }
 
-async fn cycles<R: Runtime>(
-    sem: &Semaphore<R>,
+/// One task's loop; its latencies by class.
+async fn cycles<O: Op>(
+    op: &O,
     quota: Option<u64>,
     deadline: Instant,
-    release: Release,
     record: bool,
-) -> Res<(u64, Vec<Duration>)> {
-    let mut lat = Vec::new();
+) -> Res<(u64, Vec<Vec<Duration>>)> {
+    let mut lat: Vec<Vec<Duration>> = Vec::new();
     let mut ops = 0u64;
     loop {
         let t0 = Instant::now();
@@ -318,13 +475,12 @@ async fn cycles<R: Runtime>(
             None if t0 >= deadline => break,
             _ => {}
         }
-        let permit = sem.acquire().await?;
-        match release {
-            Release::Await => permit.release().await?,
-            Release::Drop => drop(permit),
-        }
+        let class = op.once().await?;
         if record {
-            lat.push(t0.elapsed());
+            if lat.len() <= class {
+                lat.resize_with(class + 1, Vec::new);
+            }
+            lat[class].push(t0.elapsed());
         }
         ops += 1;
     }
