@@ -9,24 +9,23 @@
 mod chaos_support;
 #[allow(unused_imports)] // not every test file uses all of the harness
 mod common;
+#[allow(dead_code)]
+mod kids;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chaos_support::{
-    describe, raw_conn, run_tokio, sem_base, sem_totals, sleep, spawn, within, within_explained,
-    Totals,
+    describe, raw_conn, run_tokio, sem_base, sem_totals, sleep, spawn, within_explained, Totals,
 };
-use futures::channel::mpsc;
 use futures::StreamExt;
 use redis::AsyncCommands;
 use redis_sync::{Error, Semaphore, Tokio};
 
 type R = Tokio;
 
-const ROLE: &str = "REDIS_SYNC_TEST_ROLE";
+use kids::{report, stdin_lines, Kid, ROLE};
 const NAME: &str = "REDIS_SYNC_TEST_NAME";
 const LEASE_MS: &str = "REDIS_SYNC_TEST_LEASE_MS";
 const ITERATIONS: &str = "REDIS_SYNC_TEST_ITERATIONS";
@@ -36,115 +35,6 @@ const RUNTIME: &str = "REDIS_SYNC_TEST_RUNTIME";
 /// of the client that reclaims (`its lease / 3` + 20% jitter), and generous slack.
 fn reclaim_bound(lease: Duration, reclaimer_lease: Duration) -> Duration {
     lease + reclaimer_lease.mul_f64(0.4) + Duration::from_secs(5)
-}
-
-/// A child process running the test `child` with a role; killed when dropped.
-struct Kid {
-    child: Option<Child>,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::UnboundedReceiver<String>,
-    label: String,
-}
-
-impl Kid {
-    fn spawn(role: &str, label: &str, envs: &[(&str, String)]) -> Kid {
-        let exe = std::env::current_exe().expect("current test binary");
-        let mut cmd = Command::new(exe);
-        cmd.args([
-            "--exact",
-            "child",
-            "--nocapture",
-            "--ignored",
-            "--test-threads=1",
-        ])
-        .env("REDIS_URL", common::redis_url())
-        .env(ROLE, role)
-        .env("RUST_BACKTRACE", "0")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn child process");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::unbounded();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                // libtest may print "test child ... " on the same line first.
-                if let Some(i) = line.find("@@") {
-                    if tx.unbounded_send(line[i + 2..].to_owned()).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-        Kid {
-            stdin: child.stdin.take(),
-            child: Some(child),
-            lines: rx,
-            label: label.to_owned(),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    /// The next report line, which must start with `word`; returns the rest.
-    async fn expect(&mut self, word: &str, limit: Duration) -> String {
-        let label = self.label.clone();
-        let line = within::<R, _>(
-            limit,
-            &format!("{label}: waiting for {word}"),
-            self.lines.next(),
-        )
-        .await
-        .unwrap_or_else(|| panic!("{label} exited before reporting {word}"));
-        let rest = line
-            .strip_prefix(word)
-            .unwrap_or_else(|| panic!("{label}: expected {word}, got {line:?}"));
-        rest.trim().to_owned()
-    }
-
-    fn send(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        writeln!(stdin, "{line}").expect("write to child");
-        stdin.flush().unwrap();
-    }
-
-    /// Waits for the process to exit by itself; fails unless it succeeded.
-    async fn exits_ok(mut self, limit: Duration) {
-        let label = self.label.clone();
-        let mut child = self.child.take().expect("running");
-        let status = within::<R, _>(
-            limit,
-            &format!("{label} exiting"),
-            chaos_support::blocking(move || child.wait()),
-        )
-        .await
-        .unwrap();
-        assert!(status.success(), "{label} failed: {status}");
-    }
-
-    fn sigkill(&mut self) {
-        let mut child = self.child.take().expect("running");
-        child.kill().expect("SIGKILL");
-        child.wait().expect("reap");
-    }
-}
-
-impl Drop for Kid {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-CONT", &child.id().to_string()])
-                .status();
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 fn signal(pid: u32, sig: &str) {
@@ -560,24 +450,4 @@ fn child() {
                 other => panic!("unknown role {other}"),
             }
         });
-}
-
-fn report(line: &str) {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "@@{line}").unwrap();
-    out.flush().unwrap();
-}
-
-/// The lines of this process's stdin, read on a thread of their own.
-fn stdin_lines() -> mpsc::UnboundedReceiver<String> {
-    let (tx, rx) = mpsc::unbounded();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let Ok(line) = line else { break };
-            if tx.unbounded_send(line.trim().to_owned()).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }

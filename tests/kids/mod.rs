@@ -1,7 +1,7 @@
 //! Child processes for tests that need real OS processes: the test binary re-executed to
 //! run its ignored test `child` with a role in its environment. A child reports over
 //! stdout lines starting with `@@` and reads commands from stdin, one a line; the parent
-//! can SIGKILL it. The same protocol as `tests/processes.rs`, as a module of its own.
+//! can SIGKILL it. Used by `tests/processes.rs` and `tests/many_processes.rs`.
 
 #![allow(dead_code)]
 
@@ -68,6 +68,11 @@ impl Kid {
             lines: rx,
             label: label.to_owned(),
         }
+    }
+
+    /// The child's process id (for SIGSTOP/SIGCONT).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// The next report line, which must start with `word`; returns the rest. Fails the
