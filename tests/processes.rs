@@ -9,7 +9,6 @@
 mod chaos_support;
 #[allow(unused_imports)] // not every test file uses all of the harness
 mod common;
-#[allow(dead_code)]
 mod kids;
 
 use std::process::Command;
