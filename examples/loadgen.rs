@@ -642,7 +642,8 @@ fn print_coordinator<R: Runtime>(sync: &Coordinator<R>, peaks: &Peaks) {
     let s = sync.stats();
     println!(
         "loadgen: coordinator: primitives={} blocking_connections={} peak_blocking={} max_blocking={} \
-         queued_waits={} peak_queued={} grants={} timeouts={} lost_leases={} background_errors={}",
+         queued_waits={} peak_queued={} grants={} handed_to_siblings={} timeouts={} lost_leases={} \
+         background_errors={}",
         s.primitives,
         s.blocking_connections,
         peaks.blocking,
@@ -650,6 +651,7 @@ fn print_coordinator<R: Runtime>(sync: &Coordinator<R>, peaks: &Peaks) {
         s.queued_waits,
         peaks.queued,
         s.totals.grants,
+        s.totals.handed_to_siblings,
         s.totals.timeouts,
         s.totals.lost_leases,
         s.totals.background_errors,

@@ -38,6 +38,9 @@ pub struct Stats {
     pub background_errors: u64,
     /// Dedicated blocking connections open now.
     pub blocking_connections: usize,
+    /// Permits this handle released straight to another handle of the same semaphore on
+    /// the same coordinator (one `TRANSFER` script each, no blocking wait).
+    pub handed_to_siblings: u64,
 }
 
 impl Stats {
@@ -51,6 +54,7 @@ impl Stats {
         self.reclaimed += other.reclaimed;
         self.background_errors += other.background_errors;
         self.blocking_connections += other.blocking_connections;
+        self.handed_to_siblings += other.handed_to_siblings;
     }
 }
 
@@ -62,6 +66,7 @@ pub(crate) struct Counters {
     pub reclaimed: AtomicU64,
     pub background_errors: AtomicU64,
     pub blocking_connections: Arc<AtomicUsize>,
+    pub handed_to_siblings: AtomicU64,
 }
 
 impl Counters {
@@ -79,6 +84,7 @@ impl Counters {
             reclaimed: self.reclaimed.load(Ordering::Relaxed),
             background_errors: self.background_errors.load(Ordering::Relaxed),
             blocking_connections: self.blocking_connections.load(Ordering::Relaxed),
+            handed_to_siblings: self.handed_to_siblings.load(Ordering::Relaxed),
         }
     }
 }

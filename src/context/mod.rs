@@ -4,9 +4,10 @@
 //! one lease watchdog.
 
 mod pool;
+mod siblings;
 mod watchdog;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -20,6 +21,7 @@ use crate::runtime::Runtime;
 use crate::{Error, Result};
 
 pub(crate) use pool::{BlockingPool, Lent};
+pub(crate) use siblings::Siblings;
 pub(crate) use watchdog::RenewalClock;
 
 /// Where the context connects.
@@ -65,6 +67,8 @@ pub(crate) struct Context<R: Runtime> {
     /// Servers whose eviction policy was checked.
     checked: Mutex<HashSet<String>>,
     engines: Mutex<Vec<Weak<Engine<R>>>>,
+    /// The handles of each semaphore (by pool key) that hand permits to each other.
+    siblings: Mutex<HashMap<String, Weak<Siblings<R>>>>,
     wake: Mutex<Option<oneshot::Sender<()>>>,
     closed: AtomicBool,
 }
@@ -127,6 +131,7 @@ impl<R: Runtime> Context<R> {
             settings,
             checked: Mutex::new(HashSet::new()),
             engines: Mutex::new(Vec::new()),
+            siblings: Mutex::new(HashMap::new()),
             wake: Mutex::new(None),
             closed: AtomicBool::new(false),
         });
@@ -149,6 +154,22 @@ impl<R: Runtime> Context<R> {
     pub(crate) fn register(&self, engine: &Arc<Engine<R>>) {
         lock(&self.engines).push(Arc::downgrade(engine));
         self.wake();
+    }
+
+    /// The queue shared by the handles of the semaphore whose pool is `pool` (see
+    /// [`Siblings`]); kept while one of them lives.
+    pub(crate) fn siblings(&self, pool: &str) -> Arc<Siblings<R>> {
+        let mut map = lock(&self.siblings);
+        if let Some(s) = map.get(pool).and_then(Weak::upgrade) {
+            return s;
+        }
+        // Forget the semaphores nobody uses any more before the map would grow.
+        if map.len() == map.capacity() {
+            map.retain(|_, w| w.strong_count() > 0);
+        }
+        let s = Arc::new(Siblings::new());
+        map.insert(pool.to_owned(), Arc::downgrade(&s));
+        s
     }
 
     fn unregister(&self, engine: &Arc<Engine<R>>) {

@@ -14,6 +14,7 @@ mod lease;
 mod loom_tests;
 mod many;
 mod queue;
+mod transfer;
 mod waiters;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 use futures::channel::oneshot;
 
 use crate::connection::Conn;
-use crate::context::{Context, Lent, RenewalClock};
+use crate::context::{Context, Lent, RenewalClock, Siblings};
 use crate::keys::Keys;
 use crate::runtime::Runtime;
 use crate::stats::{Counters, OpenConnection, Stats};
@@ -36,6 +37,7 @@ pub(crate) use hard::check_lease;
 pub(crate) use held::Held;
 pub(crate) use lease::renew_once;
 pub(crate) use many::HeldMany;
+pub(crate) use transfer::TransferBatch;
 
 /// The token stored for each permit or signal. redsync 2.0 uses `42` for permits and `1`
 /// for signals; keeping them lets Python and Rust processes share a primitive.
@@ -141,6 +143,9 @@ pub(crate) struct Engine<R: Runtime> {
     pub conn: Conn,
     /// What this handle shares with the other primitives of its context.
     pub(crate) ctx: Arc<Context<R>>,
+    /// The other handles of this semaphore on the same context, which permits released
+    /// here may go to (see [`Siblings`]); none for the other primitives.
+    siblings: Option<Arc<Siblings<R>>>,
     /// When the context's watchdog renews this handle's leases next.
     renewal: Mutex<RenewalClock>,
     pub cfg: Config,
@@ -192,8 +197,13 @@ impl<R: Runtime> Engine<R> {
         if cfg.check_eviction {
             ctx.check_eviction(&cfg.keys.pool).await?;
         }
+        // A fence grows only through the pool, and a writer is not overtaken by readers
+        // handing permits around: only semaphores with local handoff hand over to siblings.
+        let siblings = (cfg.kind == Kind::Semaphore && cfg.handoff_limit > 0)
+            .then(|| ctx.siblings(&cfg.keys.pool));
         let engine = Arc::new_cyclic(|me| Engine {
             me: me.clone(),
+            siblings,
             rt: ctx.rt.clone(),
             conn: ctx.conn.clone(),
             renewal: Mutex::new(RenewalClock::new(cfg.lease / 3)),
@@ -240,6 +250,11 @@ impl<R: Runtime> Engine<R> {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether local wait number `seq` is still queued.
+    pub(crate) fn is_waiting(&self, seq: u64) -> bool {
+        self.state().waiters.contains(seq)
     }
 
     pub(crate) fn keep_pool_ttl(&self) -> bool {

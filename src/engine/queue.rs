@@ -55,6 +55,14 @@ impl<T> WaiterQueue<T> {
         taken
     }
 
+    /// Whether waiter `seq` is still queued.
+    pub(crate) fn contains(&self, seq: u64) -> bool {
+        seq.checked_sub(self.front)
+            .and_then(|i| usize::try_from(i).ok())
+            .and_then(|i| self.slots.get(i))
+            .is_some_and(Option::is_some)
+    }
+
     /// Takes the longest waiter. Its receiver may be gone by the time it is sent to (the
     /// waiter gave up meanwhile): then the send fails and the caller takes the next.
     pub(crate) fn pop(&mut self) -> Option<oneshot::Sender<T>> {
@@ -124,7 +132,9 @@ mod tests {
         let mut q = WaiterQueue::default();
         let ws: Vec<_> = (0..6).map(|_| waiter(&mut q)).collect();
         assert_eq!(q.len(), 6);
+        assert!(q.contains(ws[0].0) && q.contains(ws[5].0));
         assert!(q.cancel(ws[0].0), "the front");
+        assert!(!q.contains(ws[0].0) && !q.contains(u64::MAX));
         assert!(q.cancel(ws[3].0), "the middle");
         assert!(q.cancel(ws[5].0), "the back");
         assert!(!q.cancel(ws[3].0), "once");

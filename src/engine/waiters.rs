@@ -237,6 +237,9 @@ impl<R: Runtime> Engine<R> {
             }
             (seq, spawn)
         };
+        if let Some(siblings) = &self.siblings {
+            siblings.note_wait(self, seq);
+        }
         if spawn {
             let engine = self.clone();
             self.rt.spawn(async move { engine.pump().await });
@@ -541,22 +544,27 @@ impl<R: Runtime> Engine<R> {
         // A blocking move does not check the lease: never grant under one that may have
         // run out (the watchdog's timer may not have fired yet).
         self.lose_if_expired(&held.gen);
-        if let Some(held) = self.hand_to_waiter(held) {
-            if let Err(e @ Error::Redis(_)) = self.give_back(held.disarm().1).await {
+        if let Some(held) = self.hand_to_waiter(held, true) {
+            // Nobody waits here any more (a sibling's transfer served the waiter, or it
+            // gave up): to a sibling that waits, else back to the pool.
+            if let Err(e @ Error::Redis(_)) = self.release_remote(held).await {
                 self.background_error("give-back of an undelivered grant", &e);
             }
         }
     }
 
     /// Passes `held` to the longest live local waiter; returns it when there is none.
-    fn hand_to_waiter(&self, held: Held<R>) -> Option<Held<R>> {
+    /// With `trim`, blocking waits beyond the waiters left are cut short.
+    pub(super) fn hand_to_waiter(&self, held: Held<R>, trim: bool) -> Option<Held<R>> {
         if held.gen.is_lost() || held.gen.is_retired() || self.is_closed() {
             return Some(held);
         }
         // Never sends under the state lock (see `send_to_longest`).
         match super::queue::send_to_longest(|| self.state().waiters.pop(), Ok(held)) {
             Ok(()) => {
-                self.trim_pumps();
+                if trim {
+                    self.trim_pumps();
+                }
                 None
             }
             Err(Ok(back)) => Some(back),
@@ -569,13 +577,25 @@ impl<R: Runtime> Engine<R> {
     pub(crate) async fn release_held(self: &Arc<Self>, held: Held<R>) -> Result<()> {
         match self.handoff(held) {
             None => Ok(()),
-            Some(held) => self.give_back(held.disarm().1).await,
+            Some(held) => self.release_remote(held).await,
         }
     }
 
     /// Drop-time release: never blocks; what needs Redis runs on the runtime.
     pub(crate) fn release_in_background(self: &Arc<Self>, held: Held<R>) {
         if let Some(held) = self.handoff(held) {
+            if let Some(taker) = self.sibling_for(&held) {
+                // Queued now (disarmed), sent on the runtime.
+                let (_, gen, handoffs) = held.disarm();
+                let transfer = self.transfer(gen, handoffs, taker);
+                let engine = self.clone();
+                self.rt.spawn(async move {
+                    if let Err(e @ Error::Redis(_)) = transfer.await {
+                        engine.background_error("release from Drop", &e);
+                    }
+                });
+                return;
+            }
             // Disarmed before spawning: if the runtime is shutting down and drops the task
             // unrun, nothing re-enters here; the lease then expires and the permit is
             // reclaimed by another client.
@@ -593,23 +613,29 @@ impl<R: Runtime> Engine<R> {
     /// Redis round trip, at most `handoff_limit` times in a row; then it goes back through
     /// Redis so that waiters in other processes get their turn.
     fn handoff(&self, mut held: Held<R>) -> Option<Held<R>> {
+        if !self.may_hand_over(&held) {
+            return Some(held);
+        }
+        held.handoffs += 1;
+        let mut held = self.hand_to_waiter(held, true)?;
+        held.handoffs -= 1;
+        Some(held)
+    }
+
+    /// Whether `held` may go to another waiter of this process without going back through
+    /// the pool: within the handoff limit, under the current, usable lease, and with no
+    /// lowered count waiting for permits to destroy.
+    pub(super) fn may_hand_over(&self, held: &Held<R>) -> bool {
         let limit = match self.cfg.kind {
             Kind::Semaphore => self.cfg.handoff_limit,
             Kind::Event => u32::MAX,
             // A fence grows only through Redis; a waiting writer is not overtaken locally.
             Kind::Mutex | Kind::RwLock => 0,
         };
-        if held.handoffs >= limit
-            || !held.gen.is_usable()
-            || !self.is_current(&held.gen)
-            || self.reduction_pending.load(Ordering::Acquire)
-        {
-            return Some(held);
-        }
-        held.handoffs += 1;
-        let mut held = self.hand_to_waiter(held)?;
-        held.handoffs -= 1;
-        Some(held)
+        held.handoffs < limit
+            && held.gen.is_usable()
+            && self.is_current(&held.gen)
+            && !self.reduction_pending.load(Ordering::Acquire)
     }
 
     /// Moves one token of `gen` (already disarmed by the caller, still counted as
@@ -702,7 +728,12 @@ impl<R: Runtime> Drop for Ticket<'_, R> {
         // A token already sent stays in the channel and is given back when `rx` drops; a
         // send racing this close fails, and the sender serves the next waiter.
         self.rx.close();
-        self.engine.state().waiters.cancel(self.seq);
-        self.engine.trim_pumps();
+        // Only a waiter that gave up leaves a blocking wait with nobody to serve; one that
+        // was served left it to whoever served it (a pump trims, a sibling's transfer
+        // leaves the wait running for the next acquire, see `Engine::receive`).
+        let gave_up = self.engine.state().waiters.cancel(self.seq);
+        if gave_up {
+            self.engine.trim_pumps();
+        }
     }
 }
