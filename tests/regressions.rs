@@ -3,7 +3,8 @@
 //! back another permit's token (a permit handed out twice); a request for several permits
 //! cancelled while giving its gate back leaked them; an unknown outcome while collecting
 //! left a dirty generation (and possibly the gate) forever; a collector kept its pooled
-//! blocking connection and starved the other primitives of a coordinator.
+//! blocking connection and starved the other primitives of a coordinator. F5: a release
+//! after the semaphore was lost and created anew added a permit.
 
 #[allow(unused_imports)]
 mod common;
@@ -216,4 +217,48 @@ async fn f4(cap: usize) {
         got.is_ok(),
         "BUG: T's waiter starved by S's collector: {got:?}"
     );
+}
+
+/// F5: every key of a semaphore but one holder's list expired (a stall of Redis longer
+/// than the lease plus the grave period, right after a blocking grant created that list
+/// with no TTL) and the semaphore was created anew: the old holder's release must not add
+/// its token to the new pool (count + 1 permits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_after_the_semaphore_was_lost_and_recreated_adds_no_permit() {
+    let c = direct();
+    let prefix = common::unique_prefix("reg-f5");
+    let old = sem(&c, &prefix, 1).await;
+    let permit = old.acquire().await.unwrap();
+    let mut raw = c.get_multiplexed_async_connection().await.unwrap();
+    let base = format!("{prefix}:{{s}}");
+    for key in ["list", "meta", "leases", "graves", "gate"] {
+        let _: () = redis::cmd("DEL")
+            .arg(format!("{base}:{key}"))
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+    }
+    let held: usize = redis::cmd("LLEN")
+        .arg(format!("{base}:held:{}", permit.holder()))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(held, 1, "the holder's list survived");
+    let new = Semaphore::builder(&c, "s")
+        .key_prefix(&prefix)
+        .create(1)
+        .await
+        .unwrap();
+    let released = permit.release().await;
+    assert!(
+        matches!(released, Err(redis_sync::Error::LeaseLost)),
+        "the old holder learns its permit was lost: {released:?}"
+    );
+    let st = new.inspect().await.unwrap();
+    assert_eq!(
+        (st.count, st.free, st.held()),
+        (Some(1), 1, 0),
+        "BUG: the old token was given back on top of the new pool: {st:?}"
+    );
+    drop(old);
 }

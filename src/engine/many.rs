@@ -509,12 +509,15 @@ impl<R: Runtime> Engine<R> {
             .key(&gen.held_key)
             .key(&keys.gate)
             .key(keys.meta_or_pool())
+            .key(&keys.leases)
+            .key(&keys.graves)
             .arg(self.key_ttl_ms())
             .arg(self.give_back_side())
             .arg(keys.has_meta())
             .arg(n)
             .arg(u8::from(gate))
-            .arg(u8::from(self.is_fenced()));
+            .arg(u8::from(self.is_fenced()))
+            .arg(&gen.id);
         let mut conn = self.conn.clone();
         gen.begin_call();
         let engine = self.clone();

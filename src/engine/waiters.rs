@@ -656,12 +656,15 @@ impl<R: Runtime> Engine<R> {
             .key(&gen.held_key)
             .key(&keys.gate)
             .key(keys.meta_or_pool())
+            .key(&keys.leases)
+            .key(&keys.graves)
             .arg(self.key_ttl_ms())
             .arg(self.give_back_side())
             .arg(keys.has_meta())
             .arg(1)
             .arg(0)
-            .arg(u8::from(self.is_fenced()));
+            .arg(u8::from(self.is_fenced()))
+            .arg(&gen.id);
         gen.begin_call();
         let call = async move { inv.invoke_async::<i64>(&mut conn).await };
         let (engine, g) = (self.clone(), gen.clone());

@@ -168,9 +168,15 @@ return t
 /// Give up to `n` permits back from the holder's list (see `put`), and with `gate` the
 /// gate too. The gate token is never given back by mistake: a request of the same holder
 /// may be collecting under it.
-/// KEYS: pool, held, gate, meta (or pool). ARGV: pool ttl_ms (0: the pool keeps no TTL),
-/// side, has_meta (1/0), n, gate (1/0), fenced (1/0).
-/// Returns how many permits went back: 0 when the holder's list was empty (reclaimed).
+/// A holder that is neither leased nor a grave is unknown: its records were lost while its
+/// list survived (every key of the semaphore but that list expired during a stall of
+/// Redis longer than the lease plus the grave period, right after a blocking grant created
+/// the list with no TTL), and the pool may have been created anew since. Its tokens are
+/// destroyed, never given back on top of the new pool.
+/// KEYS: pool, held, gate, meta (or pool), leases, graves. ARGV: pool ttl_ms (0: the pool
+/// keeps no TTL), side, has_meta (1/0), n, gate (1/0), fenced (1/0), holder.
+/// Returns how many permits went back: 0 when the holder's list was empty (reclaimed) or
+/// the holder unknown.
 pub(crate) static GIVE_BACK: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -178,9 +184,17 @@ local meta = ''
 if ARGV[3] == '1' then meta = KEYS[4] end
 local given = 0
 local seen_gate = false
+local known = false
 while given < tonumber(ARGV[4]) do
   local t = redis.call('LPOP', KEYS[2])
   if not t then break end
+  if not known then
+    if not (redis.call('ZSCORE', KEYS[5], ARGV[7]) or redis.call('ZSCORE', KEYS[6], ARGV[7])) then
+      redis.call('DEL', KEYS[2])
+      return 0
+    end
+    known = true
+  end
   if t == 'G' then
     redis.call('RPUSH', KEYS[2], t)
     if seen_gate then break end
