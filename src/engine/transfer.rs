@@ -92,7 +92,7 @@ impl<R: Runtime> Engine<R> {
     /// The sibling that waits longest for a permit, with its current generation reserved
     /// for the transfer; none when `held` must go back through the pool.
     pub(super) fn sibling_for(&self, held: &Held<R>) -> Option<Taker<R>> {
-        let siblings = self.siblings.as_ref()?;
+        let siblings = self.siblings_if_any()?;
         if !self.may_hand_over(held) {
             return None;
         }
@@ -107,6 +107,12 @@ impl<R: Runtime> Engine<R> {
                 });
             }
         }
+    }
+
+    /// The queue this handle shares with its siblings, when it has any: a handle alone
+    /// on its coordinator (the queue's only owner) skips the bookkeeping.
+    pub(super) fn siblings_if_any(&self) -> Option<&Arc<Siblings<R>>> {
+        self.siblings.as_ref().filter(|s| Arc::strong_count(s) > 1)
     }
 
     /// The current generation with a call reserved on it, if there is a usable one now

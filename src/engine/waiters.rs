@@ -237,7 +237,7 @@ impl<R: Runtime> Engine<R> {
             }
             (seq, spawn)
         };
-        if let Some(siblings) = &self.siblings {
+        if let Some(siblings) = self.siblings_if_any() {
             siblings.note_wait(self, seq);
         }
         if spawn {

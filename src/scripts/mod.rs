@@ -57,22 +57,24 @@ end
 -- is '1', told by the caller, which knows what it opened) as the next fence, so that every
 -- grant carries a number greater than all before; any other token to the pool, on
 -- `side`. `meta` is '' for primitives without metadata (events).
--- Returns 1 for a permit (or signal) put back or destroyed, 0 for the gate token.
+-- Returns 1 for a permit (or signal) put back or destroyed, 0 for the gate token, and
+-- whether the push created the pool (it was empty, hence deleted, so it has no TTL).
 local function put(t, pool, gate, meta, side, fenced)
   if t == 'G' then
     redis.call('RPUSH', gate, t)
-    return 0
+    return 0, false
   end
   if meta ~= '' then
     local d = redis.call('HGET', meta, 'debt')
     if d and tonumber(d) > 0 then
       redis.call('HINCRBY', meta, 'debt', -1)
-      return 1
+      return 1, false
     end
     if fenced == '1' then t = next_fence(t, meta) end
   end
-  if side == 'LEFT' then redis.call('LPUSH', pool, t) else redis.call('RPUSH', pool, t) end
-  return 1
+  local n
+  if side == 'LEFT' then n = redis.call('LPUSH', pool, t) else n = redis.call('RPUSH', pool, t) end
+  return 1, n == 1
 end
 -- Puts back every token of `from` (see `put`); returns how many permits went back. Reads
 -- the metadata once, not once per token: a mass reclaim stays cheap.
@@ -185,6 +187,7 @@ if ARGV[3] == '1' then meta = KEYS[4] end
 local given = 0
 local seen_gate = false
 local known = false
+local created = false
 while given < tonumber(ARGV[4]) do
   local t = redis.call('LPOP', KEYS[2])
   if not t then break end
@@ -200,14 +203,17 @@ while given < tonumber(ARGV[4]) do
     if seen_gate then break end
     seen_gate = true
   else
-    given = given + put(t, KEYS[1], KEYS[3], meta, ARGV[2], ARGV[6])
+    local g, fresh = put(t, KEYS[1], KEYS[3], meta, ARGV[2], ARGV[6])
+    given = given + g
+    created = created or fresh
   end
 end
 if ARGV[5] == '1' and redis.call('LREM', KEYS[2], 1, 'G') == 1 then
   redis.call('RPUSH', KEYS[3], 'G')
 end
+-- A pool that existed keeps the TTL its renewals give it; one this call created gets one.
 local ms = tonumber(ARGV[1])
-if ms > 0 and given > 0 then keep(KEYS[1], ms) end
+if ms > 0 and created then keep(KEYS[1], ms) end
 return given
 "#,
     )
@@ -281,8 +287,8 @@ for i = 1, (#KEYS - 3) / 2 do
       end
     end
     if t then
-      redis.call('RPUSH', to, t)
-      if ttl > 0 then redis.call('PEXPIRE', to, ttl) end
+      -- A list that existed already has its TTL.
+      if redis.call('RPUSH', to, t) == 1 and ttl > 0 then redis.call('PEXPIRE', to, ttl) end
       out[i] = t
     else
       out[i] = 0
