@@ -8,7 +8,7 @@
 //!
 //! Options: `--processes N` (8), `--count C` (3), `--secs S` (30), `--lease-ms L` (2000),
 //! `--network-faults` (off), `--cluster` (off), `--no-migrations` (off), `--primitive P`
-//! (`semaphore`).
+//! (`semaphore`), `--handles H` (1).
 //! Uses `REDIS_URL` when set, else starts a private `redis-server` (from PATH).
 //!
 //! `--primitive` chooses what the workers hammer (every fault injection below applies to
@@ -23,6 +23,21 @@
 //!   (20 %). A writer counts as `count` permits, a reader as one; besides (a), never a
 //!   writer together with anyone else and never more than `count` readers; the write
 //!   fencing tokens are checked as in (d), the gate as in (e).
+//!
+//! `--handles H` (`semaphore` and `many` only): each worker makes one `Coordinator` (on
+//! its URL: the relay's with `--network-faults`; `Coordinator::cluster` with `--cluster`)
+//! and `H` handles of the semaphore from it, siblings that hand a released permit straight
+//! to one another (the `TRANSFER` script) rather than through the pool, and runs `H`
+//! loops at once, one a handle, each doing what the one loop of `H` = 1 does. (`H` = 1,
+//! the default, is the plain run: one handle, made without a coordinator but on a
+//! cluster.) The loops share one connection for their records and one sequence for their
+//! stays; the checks are the same, per holder (every handle has its own). A worker reports
+//! the permits its handles handed to siblings (`Semaphore::stats().handed_to_siblings`)
+//! in a `SIBLINGS id n` line after a stay whenever the number grew, and in its `STATS`
+//! line; the last line adds `handles=.. handed_to_siblings=..`, the sum of every worker's
+//! last report (a killed worker's as of its last stay). With `semaphore` a run where it
+//! is 0 fails (the path was never taken); `acquire_many`'s permits never go to a sibling,
+//! so with `many` it stays 0 (the handles still share one coordinator).
 //!
 //! `--network-faults`: the workers' library connections go through a fault-injecting TCP
 //! relay (`tests/common/relay.rs`); this program, its checks and the workers' own records
@@ -93,7 +108,8 @@
 //! The last line is `chaos: ok ...` (exit 0) or `chaos: FAILED ...` (exit 1); both end with
 //! `acquisitions=.. kills=.. conn_kills=.. max_inside=.. permits_end=.. net_faults=..
 //! leases_lost=.. worst_told_delay_ms=..` (with `--cluster`, then `failovers=..
-//! migrations=..`). Other primitives than `semaphore` start it with `primitive=..` and
+//! migrations=..`; with `--handles` > 1, then `handles=.. handed_to_siblings=..`). Other
+//! primitives than `semaphore` start it with `primitive=..` and
 //! add `max_token=.. stale_tokens=..` (`mutex`), `max_readers=.. writes=.. max_token=..
 //! stale_tokens=..` (`rwlock`); `max_inside` and `permits_end` count permits.
 
@@ -361,6 +377,8 @@ return out
         cluster: bool,
         /// With `--cluster`: migrations of the slot too, not only failovers.
         migrations: bool,
+        /// Semaphore handles of the same name per worker, from one coordinator (siblings).
+        handles: usize,
         processes: usize,
         count: u32,
         secs: u64,
@@ -381,6 +399,7 @@ return out
             network_faults: false,
             cluster: false,
             migrations: true,
+            handles: 1,
             processes: 8,
             count: 3,
             secs: 30,
@@ -413,6 +432,7 @@ return out
             let bad = |_| format!("bad value {value:?} for {flag}");
             match flag.as_str() {
                 "--processes" => a.processes = value.parse().map_err(bad)?,
+                "--handles" => a.handles = value.parse().map_err(bad)?,
                 "--count" => {
                     a.count = value.parse().map_err(bad)?;
                     count_given = true;
@@ -431,8 +451,22 @@ return out
                 _ => return Err(format!("unknown option {flag}")),
             }
         }
-        if a.processes == 0 || a.count == 0 || a.lease < Duration::from_millis(100) {
-            return Err("need --processes >= 1, --count >= 1, --lease-ms >= 100".into());
+        if a.processes == 0
+            || a.handles == 0
+            || a.count == 0
+            || a.lease < Duration::from_millis(100)
+        {
+            return Err(
+                "need --processes >= 1, --handles >= 1, --count >= 1, --lease-ms >= 100".into(),
+            );
+        }
+        if a.handles > 1 && !matches!(a.primitive, Prim::Semaphore | Prim::Many) {
+            return Err(format!(
+                "--handles {} needs --primitive semaphore or many: only semaphore handles \
+                 of one coordinator hand permits to each other (siblings), not {}",
+                a.handles,
+                a.primitive.name()
+            ));
         }
         if a.cluster && a.network_faults {
             return Err("--network-faults is not supported with --cluster".into());
@@ -456,7 +490,7 @@ return out
                 eprintln!(
                     "usage: chaos [--processes N] [--count C] [--secs S] [--lease-ms L] \
                      [--network-faults | --cluster [--no-migrations]] \
-                     [--primitive semaphore|mutex|many|rwlock]"
+                     [--primitive semaphore|mutex|many|rwlock] [--handles H]"
                 );
                 return 2;
             }
@@ -498,7 +532,7 @@ return out
             });
         }
         block_on(async move {
-            let sem = loop {
+            let sems = loop {
                 match attach_worker(&args).await {
                     Ok(s) => break s,
                     // A connection killed under us: try again.
@@ -523,153 +557,247 @@ return out
             } else {
                 &args.check_url
             };
-            let mut rec = loop {
+            // One multiplexed connection, shared by the loops of every handle.
+            let rec = loop {
                 match Records::connect(check_url, args.cluster).await {
                     Ok(c) => break c,
                     Err(_) => sleep(Duration::from_millis(50)).await,
                 }
             };
-            // Attempts of each record, 10 ms apart. On a cluster a failover or a migration
-            // (TRYAGAIN until it ends) can hold a record up for seconds.
-            let tries = if args.cluster { 3000 } else { 100 };
-            let b = base(args.primitive, &args.name);
-            let keys = [
-                format!("chaos:{{{}}}:inside", args.name),
-                format!("chaos:{{{}}}:stats", args.name),
-                format!("chaos:{{{}}}:violations", args.name),
-                format!("{b}:leases"),
-                format!("chaos:{{{}}}:tokens", args.name),
-                format!("chaos:{{{}}}:stale_tokens", args.name),
-            ];
-            let enter = redis::Script::new(ENTER);
-            let me = format!("w{}-{}", args.id, std::process::id());
-            let (mut acquired, mut timeouts, mut errors, mut lost, mut rec_errors) =
-                (0u64, 0u64, 0u64, 0u64, 0u64);
-            let mut seq = 0u64;
-            while !stop.load(Ordering::Acquire) {
-                let p = match sem.acquire(args.primitive, args.count).await {
-                    Ok(p) => p,
-                    Err(Error::Timeout(_)) => {
-                        timeouts += 1;
-                        continue;
-                    }
-                    Err(_) => {
-                        errors += 1;
-                        sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
-                };
-                let entered = wall_ms();
-                seq += 1;
-                let member = format!("{me}-{seq}");
-                // Parsed by the parent for check (c).
-                println!("IN {} {seq} {} {entered}", args.id, p.holder());
-                let (permits, kind, token) = p.record(args.count);
-                let token = token.map_or(String::new(), |t| t.to_string());
-                let work = async {
-                    // Record the entry; retried, since our own connection may be killed too.
-                    let mut recorded = false;
-                    for _ in 0..tries {
-                        let r: redis::RedisResult<i64> = enter
-                            .key(&keys[0])
-                            .key(&keys[1])
-                            .key(&keys[2])
-                            .key(&keys[3])
-                            .key(&keys[4])
-                            .key(&keys[5])
-                            .arg(&member)
-                            .arg(p.holder())
-                            .arg(args.count)
-                            .arg(permits)
-                            .arg(kind)
-                            .arg(&token)
-                            .invoke_async(&mut rec)
-                            .await;
-                        if r.is_ok() {
-                            recorded = true;
-                            break;
-                        }
-                        rec_errors += 1;
-                        sleep(Duration::from_millis(10)).await;
-                    }
-                    if !recorded {
-                        return false;
-                    }
-                    let lease_ms = args.lease.as_millis() as u64;
-                    let hold = match fastrand::u8(0..100) {
-                        0..=69 => fastrand::u64(0..20),
-                        70..=94 => fastrand::u64(20..200),
-                        // With network faults, some stays outlast the lease, so that a
-                        // fault can take it from a holder that is inside.
-                        95..=97 if args.network_faults => fastrand::u64(lease_ms..lease_ms * 5 / 2),
-                        _ => fastrand::u64(500..1500),
-                    };
-                    sleep(Duration::from_millis(hold)).await;
-                    true
-                };
-                // The work stops the moment the holder is told its lease is lost.
-                let (recorded, told) =
-                    match select(std::pin::pin!(work), std::pin::pin!(p.lost())).await {
-                        Either::Left((recorded, _)) => (recorded, None),
-                        Either::Right(((), _)) => (true, Some(wall_ms())),
-                    };
-                let left = told.unwrap_or_else(wall_ms);
-                println!(
-                    "OUT {} {seq} {left} {}",
-                    args.id,
-                    told.map_or("-".to_owned(), |t| t.to_string())
-                );
-                if !recorded {
-                    eprintln!("worker {}: cannot record an entry", args.id);
-                    return 1;
-                }
-                acquired += 1;
-                if p.is_lost() {
-                    lost += 1;
-                }
-                // Leave before giving the permit back.
-                for _ in 0..tries {
-                    let r: redis::RedisResult<i64> = redis::cmd("HDEL")
-                        .arg(&keys[0])
-                        .arg(&member)
-                        .query_async(&mut rec)
-                        .await;
-                    if r.is_ok() {
-                        break;
-                    }
-                    rec_errors += 1;
-                    sleep(Duration::from_millis(10)).await;
-                }
-                if fastrand::bool() {
-                    match p.release().await {
-                        Ok(()) => {}
-                        Err(Error::LeaseLost) => lost += 1,
-                        Err(_) => errors += 1,
-                    }
-                } else {
-                    drop(p);
-                }
-            }
+            // The stays of every loop are numbered in one sequence: `IN`/`OUT` lines and
+            // the members of the inside hash stay unique in this process.
+            let seq = std::cell::Cell::new(0u64);
+            let handed = std::cell::Cell::new(0u64);
+            let shared = Shared {
+                last_seq: &seq,
+                all: &sems,
+                handed: &handed,
+            };
+            let loops = sems
+                .iter()
+                .map(|sem| hammer(&args, sem, rec.clone(), &shared, &stop));
+            let totals = match futures::future::try_join_all(loops).await {
+                Ok(all) => all.into_iter().fold(LoopStats::default(), LoopStats::add),
+                Err(()) => return 1,
+            };
+            let LoopStats {
+                acquired,
+                timeouts,
+                errors,
+                lost,
+                rec_errors,
+            } = totals;
+            let siblings = if args.handles > 1 {
+                format!(" handed_to_siblings={}", handed_to_siblings(&sems))
+            } else {
+                String::new()
+            };
             println!(
                 "STATS id={} acquired={acquired} timeouts={timeouts} errors={errors} \
-                 lost={lost} recorder_errors={rec_errors}",
+                 lost={lost} recorder_errors={rec_errors}{siblings}",
                 args.id
             );
             let _ = std::io::stdout().flush();
-            // Give the handle's background work (drop-time releases) a moment to land.
-            match sem {
-                Handle::Sem(sem) => {
-                    sem.close();
-                    sleep(Duration::from_millis(100)).await;
-                }
-                // No `close` there: dropped, the handle gives up its leases.
-                other => {
-                    drop(other);
-                    sleep(Duration::from_millis(100)).await;
+            // Give the handles' background work (drop-time releases) a moment to land.
+            for sem in sems {
+                match sem {
+                    Handle::Sem(sem) => sem.close(),
+                    // No `close` there: dropped, the handle gives up its leases.
+                    other => drop(other),
                 }
             }
+            sleep(Duration::from_millis(100)).await;
             0
         })
+    }
+
+    /// What the loops of one worker share.
+    struct Shared<'a> {
+        /// The number of the last stay of any loop.
+        last_seq: &'a std::cell::Cell<u64>,
+        /// Every handle of the worker.
+        all: &'a [Handle],
+        /// The sum of their `handed_to_siblings` last reported (`SIBLINGS` line).
+        handed: &'a std::cell::Cell<u64>,
+    }
+
+    /// The permits the handles released straight to a sibling handle.
+    fn handed_to_siblings(handles: &[Handle]) -> u64 {
+        handles
+            .iter()
+            .map(|h| match h {
+                Handle::Sem(s) => s.stats().handed_to_siblings,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// What one loop of a worker counts.
+    #[derive(Default)]
+    struct LoopStats {
+        acquired: u64,
+        timeouts: u64,
+        errors: u64,
+        lost: u64,
+        rec_errors: u64,
+    }
+
+    impl LoopStats {
+        fn add(self, o: LoopStats) -> LoopStats {
+            LoopStats {
+                acquired: self.acquired + o.acquired,
+                timeouts: self.timeouts + o.timeouts,
+                errors: self.errors + o.errors,
+                lost: self.lost + o.lost,
+                rec_errors: self.rec_errors + o.rec_errors,
+            }
+        }
+    }
+
+    /// One loop of a worker on one handle until `stop`: acquire, record the entry, stay a
+    /// while, record the exit, release (or drop). The stays of every loop of this process
+    /// are numbered in one sequence. With sibling handles, a `SIBLINGS id n` line reports
+    /// their `handed_to_siblings` sum after a stay whenever it grew, so that a worker killed
+    /// later still counts. `Err` when an entry cannot be recorded (the worker then fails).
+    async fn hammer(
+        args: &Args,
+        sem: &Handle,
+        mut rec: Records,
+        shared: &Shared<'_>,
+        stop: &AtomicBool,
+    ) -> Result<LoopStats, ()> {
+        let last_seq = shared.last_seq;
+        // Attempts of each record, 10 ms apart. On a cluster a failover or a migration
+        // (TRYAGAIN until it ends) can hold a record up for seconds.
+        let tries = if args.cluster { 3000 } else { 100 };
+        let b = base(args.primitive, &args.name);
+        let keys = [
+            format!("chaos:{{{}}}:inside", args.name),
+            format!("chaos:{{{}}}:stats", args.name),
+            format!("chaos:{{{}}}:violations", args.name),
+            format!("{b}:leases"),
+            format!("chaos:{{{}}}:tokens", args.name),
+            format!("chaos:{{{}}}:stale_tokens", args.name),
+        ];
+        let enter = redis::Script::new(ENTER);
+        let me = format!("w{}-{}", args.id, std::process::id());
+        let mut n = LoopStats::default();
+        while !stop.load(Ordering::Acquire) {
+            let p = match sem.acquire(args.primitive, args.count).await {
+                Ok(p) => p,
+                Err(Error::Timeout(_)) => {
+                    n.timeouts += 1;
+                    continue;
+                }
+                Err(_) => {
+                    n.errors += 1;
+                    sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            let entered = wall_ms();
+            let seq = {
+                let s = last_seq.get() + 1;
+                last_seq.set(s);
+                s
+            };
+            let member = format!("{me}-{seq}");
+            // Parsed by the parent for check (c).
+            println!("IN {} {seq} {} {entered}", args.id, p.holder());
+            let (permits, kind, token) = p.record(args.count);
+            let token = token.map_or(String::new(), |t| t.to_string());
+            let work = async {
+                // Record the entry; retried, since our own connection may be killed too.
+                let mut recorded = false;
+                for _ in 0..tries {
+                    let r: redis::RedisResult<i64> = enter
+                        .key(&keys[0])
+                        .key(&keys[1])
+                        .key(&keys[2])
+                        .key(&keys[3])
+                        .key(&keys[4])
+                        .key(&keys[5])
+                        .arg(&member)
+                        .arg(p.holder())
+                        .arg(args.count)
+                        .arg(permits)
+                        .arg(kind)
+                        .arg(&token)
+                        .invoke_async(&mut rec)
+                        .await;
+                    if r.is_ok() {
+                        recorded = true;
+                        break;
+                    }
+                    n.rec_errors += 1;
+                    sleep(Duration::from_millis(10)).await;
+                }
+                if !recorded {
+                    return false;
+                }
+                let lease_ms = args.lease.as_millis() as u64;
+                let hold = match fastrand::u8(0..100) {
+                    0..=69 => fastrand::u64(0..20),
+                    70..=94 => fastrand::u64(20..200),
+                    // With network faults, some stays outlast the lease, so that a
+                    // fault can take it from a holder that is inside.
+                    95..=97 if args.network_faults => fastrand::u64(lease_ms..lease_ms * 5 / 2),
+                    _ => fastrand::u64(500..1500),
+                };
+                sleep(Duration::from_millis(hold)).await;
+                true
+            };
+            // The work stops the moment the holder is told its lease is lost.
+            let (recorded, told) =
+                match select(std::pin::pin!(work), std::pin::pin!(p.lost())).await {
+                    Either::Left((recorded, _)) => (recorded, None),
+                    Either::Right(((), _)) => (true, Some(wall_ms())),
+                };
+            let left = told.unwrap_or_else(wall_ms);
+            println!(
+                "OUT {} {seq} {left} {}",
+                args.id,
+                told.map_or("-".to_owned(), |t| t.to_string())
+            );
+            if !recorded {
+                eprintln!("worker {}: cannot record an entry", args.id);
+                return Err(());
+            }
+            n.acquired += 1;
+            if p.is_lost() {
+                n.lost += 1;
+            }
+            // Leave before giving the permit back.
+            for _ in 0..tries {
+                let r: redis::RedisResult<i64> = redis::cmd("HDEL")
+                    .arg(&keys[0])
+                    .arg(&member)
+                    .query_async(&mut rec)
+                    .await;
+                if r.is_ok() {
+                    break;
+                }
+                n.rec_errors += 1;
+                sleep(Duration::from_millis(10)).await;
+            }
+            if fastrand::bool() {
+                match p.release().await {
+                    Ok(()) => {}
+                    Err(Error::LeaseLost) => n.lost += 1,
+                    Err(_) => n.errors += 1,
+                }
+            } else {
+                drop(p);
+            }
+            if args.handles > 1 {
+                let handed = handed_to_siblings(shared.all);
+                if handed > shared.handed.get() {
+                    shared.handed.set(handed);
+                    println!("SIBLINGS {} {handed}", args.id);
+                }
+            }
+        }
+        Ok(n)
     }
 
     /// A handle on the primitive of `--primitive`.
@@ -870,26 +998,48 @@ return out
         }
     }
 
-    /// The worker's handle: on one server, or with `--cluster` on a coordinator of the
-    /// cluster whose nodes `args.url` lists.
-    async fn attach_worker(args: &Args) -> Result<Handle, Error> {
+    /// The worker's handles (`--handles`, one by default): on one server, or with
+    /// `--cluster` on a coordinator of the cluster whose nodes `args.url` lists. Several
+    /// are made from one coordinator (on one server too), so that they are siblings.
+    async fn attach_worker(args: &Args) -> Result<Vec<Handle>, Error> {
         let wait = Some(Duration::from_secs(10));
         let (prim, name, lease, count) = (args.primitive, &args.name, args.lease, args.count);
-        if args.cluster {
-            #[cfg(feature = "cluster")]
-            {
-                let sync = Coordinator::<Rt>::cluster(args.url.split(','))
-                    .connect()
-                    .await?;
-                let on = On::Sync(&sync);
-                return open_handle(on, prim, name, lease, count, false, wait).await;
-            }
+        let sync = if args.cluster {
+            Some(cluster_coordinator(&args.url).await?)
+        } else if args.handles > 1 {
+            let client = redis::Client::open(args.url.as_str())?;
+            Some(Coordinator::<Rt>::connect(&client).await?)
+        } else {
+            None
+        };
+        let Some(sync) = sync else {
+            let client = redis::Client::open(args.url.as_str())?;
+            let h = open_handle(On::Client(&client), prim, name, lease, count, false, wait).await?;
+            return Ok(vec![h]);
+        };
+        let mut handles = Vec::with_capacity(args.handles);
+        for _ in 0..args.handles {
+            let on = On::Sync(&sync);
+            handles.push(open_handle(on, prim, name, lease, count, false, wait).await?);
         }
-        let client = redis::Client::open(args.url.as_str())?;
-        open_handle(On::Client(&client), prim, name, lease, count, false, wait).await
+        Ok(handles)
+    }
+
+    /// A coordinator on the cluster whose nodes `urls` lists, comma-separated.
+    #[cfg(feature = "cluster")]
+    async fn cluster_coordinator(urls: &str) -> Result<Coordinator<Rt>, Error> {
+        Coordinator::<Rt>::cluster(urls.split(',')).connect().await
+    }
+
+    /// Without the feature `cluster` there is no `--cluster` run (`main` refuses it).
+    #[cfg(not(feature = "cluster"))]
+    async fn cluster_coordinator(_urls: &str) -> Result<Coordinator<Rt>, Error> {
+        unreachable!("--cluster is refused without the feature cluster")
     }
 
     /// The connection of a worker's records: to the one server, or a cluster connection.
+    /// Both are multiplexed: clones share the connection.
+    #[derive(Clone)]
     enum Records {
         Single(redis::aio::ConnectionManager),
         #[cfg(feature = "cluster")]
@@ -975,6 +1125,7 @@ return out
             .args(["--lease-ms", &args.lease.as_millis().to_string()])
             .args(["--count", &args.count.to_string()])
             .args(["--primitive", args.primitive.name()])
+            .args(["--handles", &args.handles.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -1550,12 +1701,15 @@ return out
             },
             check: url.clone(),
         };
-        let what = match args.primitive {
+        let mut what = match args.primitive {
             Prim::Semaphore => format!("semaphore {name}"),
             Prim::Mutex => format!("mutex {name}"),
             Prim::Many => format!("semaphore {name}, acquire_many(1..={})", args.count),
             Prim::RwLock => format!("rwlock {name}, max_readers {}", args.count),
         };
+        if args.handles > 1 {
+            what += &format!(", {} sibling handles per worker", args.handles);
+        }
         println!(
             "chaos: {} workers, count {}, lease {:?}, {} s on {} ({what}){}",
             args.processes,
@@ -1784,6 +1938,8 @@ return out
         let run_end = wall_ms();
         let mut worker_stats: HashMap<String, u64> = HashMap::new();
         let mut stays: HashMap<(usize, u64), Stay> = HashMap::new();
+        // Per worker, the most permits its sibling handles reported handed to each other.
+        let mut handed_by: HashMap<usize, u64> = HashMap::new();
         while let Ok(line) = out_rx.recv_timeout(Duration::from_millis(200)) {
             let f: Vec<&str> = line.split(' ').collect();
             let num = |i: usize| f.get(i).and_then(|v| v.parse::<i64>().ok());
@@ -1800,9 +1956,23 @@ return out
                     st.told = num(4);
                     continue;
                 }
+                (Some("SIBLINGS"), Some(id), Some(n)) if f.len() == 3 => {
+                    let h = handed_by.entry(id as usize).or_default();
+                    *h = (*h).max(n as u64);
+                    continue;
+                }
                 _ => {}
             }
             if let Some(rest) = line.strip_prefix("STATS ") {
+                let field = |k: &str| {
+                    rest.split(' ')
+                        .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
+                        .and_then(|v| v.parse::<u64>().ok())
+                };
+                if let (Some(id), Some(n)) = (field("id"), field("handed_to_siblings")) {
+                    let h = handed_by.entry(id as usize).or_default();
+                    *h = (*h).max(n);
+                }
                 for kv in rest.split(' ') {
                     if let Some((k, v)) = kv.split_once('=') {
                         if k != "id" {
@@ -2064,6 +2234,16 @@ return out
         if crashed > 0 {
             failures.push(format!("{crashed} workers exited on their own"));
         }
+        // Sibling handles: the permits they handed to each other, every worker's last report
+        // (a killed worker's, as of its last stay).
+        let handed: u64 = handed_by.values().sum();
+        if args.handles > 1 && args.primitive == Prim::Semaphore && handed == 0 {
+            failures.push(format!(
+                "no permit was handed to a sibling handle ({} handles a worker; a longer \
+                 --secs?)",
+                args.handles
+            ));
+        }
         let mut summary = match args.primitive {
             Prim::Semaphore => String::new(),
             p => format!("primitive={} ", p.name()),
@@ -2089,6 +2269,9 @@ return out
         }
         if let Some(c) = &cluster {
             summary += &format!(" failovers={} migrations={}", c.failovers(), c.migrations());
+        }
+        if args.handles > 1 {
+            summary += &format!(" handles={} handed_to_siblings={handed}", args.handles);
         }
         if failures.is_empty() {
             println!("chaos: ok {summary}");
