@@ -57,8 +57,24 @@ struct Pending<R: Runtime> {
     to: Arc<Engine<R>>,
     /// The receiver's generation, reserved (a call begun on it).
     to_gen: Arc<Generation>,
-    /// The giver's release learns here how it went.
-    done: oneshot::Sender<Result<()>>,
+    /// The giver's release learns here how it went; `None` for a release from `Drop`,
+    /// whose failures are counted as background errors.
+    done: Option<oneshot::Sender<Result<()>>>,
+}
+
+impl<R: Runtime> Pending<R> {
+    fn report(self, out: Result<()>) {
+        match self.done {
+            Some(done) => {
+                let _ = done.send(out);
+            }
+            None => {
+                if let Err(e @ Error::Redis(_)) = out {
+                    self.from.background_error("release from Drop", &e);
+                }
+            }
+        }
+    }
 }
 
 /// A sibling chosen to receive a permit, with its generation reserved.
@@ -137,8 +153,31 @@ impl<R: Runtime> Engine<R> {
         handoffs: u32,
         taker: Taker<R>,
     ) -> impl Future<Output = Result<()>> {
-        gen.begin_call();
         let (done, rx) = oneshot::channel();
+        self.queue_transfer(gen, handoffs, taker, Some(done));
+        // A sender never drops a transfer unanswered, unless the runtime drops it: the
+        // permit then comes back by retirement or reclaim.
+        async move { rx.await.unwrap_or(Ok(())) }
+    }
+
+    /// [`Engine::transfer`] for a release from `Drop`: nobody awaits the outcome.
+    pub(super) fn transfer_detached(
+        self: &Arc<Self>,
+        gen: Arc<Generation>,
+        handoffs: u32,
+        taker: Taker<R>,
+    ) {
+        self.queue_transfer(gen, handoffs, taker, None);
+    }
+
+    fn queue_transfer(
+        self: &Arc<Self>,
+        gen: Arc<Generation>,
+        handoffs: u32,
+        taker: Taker<R>,
+        done: Option<oneshot::Sender<Result<()>>>,
+    ) {
+        gen.begin_call();
         let Taker {
             siblings,
             to,
@@ -164,9 +203,6 @@ impl<R: Runtime> Engine<R> {
             let rt = self.rt.clone();
             rt.spawn(send_transfers(siblings));
         }
-        // A sender never drops a transfer unanswered, unless the runtime drops it: the
-        // permit then comes back by retirement or reclaim.
-        async move { rx.await.unwrap_or(Ok(())) }
     }
 
     /// Settles one transfer; `reply` is `None` when the outcome is unknown.
@@ -260,16 +296,12 @@ async fn send_transfers<R: Runtime>(siblings: Arc<Siblings<R>>) {
         let mut rt = None;
         for (p, reply) in std::mem::take(&mut sending.batch).into_iter().zip(replies) {
             match p.from.settle_transfer(&p, reply) {
-                Landed::Done(out) => {
-                    let _ = p.done.send(out);
-                }
+                Landed::Done(out) => p.report(out),
                 Landed::GiveBack(gen) => {
                     // Set up now, sent on the runtime: this sender goes on meanwhile.
                     let give_back = p.from.give_back(gen);
                     rt.get_or_insert_with(|| p.from.rt.clone());
-                    give_backs.push(async move {
-                        let _ = p.done.send(give_back.await);
-                    });
+                    give_backs.push(async move { p.report(give_back.await) });
                 }
             }
         }
@@ -336,7 +368,7 @@ impl<R: Runtime> Drop for Sending<R> {
         };
         for p in std::mem::take(&mut self.batch).into_iter().chain(queued) {
             if let Landed::Done(out) = p.from.settle_transfer(&p, None) {
-                let _ = p.done.send(out);
+                p.report(out);
             }
         }
     }

@@ -587,13 +587,7 @@ impl<R: Runtime> Engine<R> {
             if let Some(taker) = self.sibling_for(&held) {
                 // Queued now (disarmed), sent on the runtime.
                 let (_, gen, handoffs) = held.disarm();
-                let transfer = self.transfer(gen, handoffs, taker);
-                let engine = self.clone();
-                self.rt.spawn(async move {
-                    if let Err(e @ Error::Redis(_)) = transfer.await {
-                        engine.background_error("release from Drop", &e);
-                    }
-                });
+                self.transfer_detached(gen, handoffs, taker);
                 return;
             }
             // Disarmed before spawning: if the runtime is shutting down and drops the task
