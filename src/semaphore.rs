@@ -527,8 +527,9 @@ impl<R: Runtime> SemaphoreBuilder<R> {
     }
 
     /// How many times in a row a released permit may go straight to a waiting task of the
-    /// same handle, without a Redis round trip, before it must go back through Redis where
-    /// other processes' waiters get their turn (default 16; 0 disables local handoff).
+    /// same handle (no Redis round trip), or to a waiting handle of the same semaphore on
+    /// the same coordinator (one `TRANSFER` script), before it must go back through Redis
+    /// where other processes' waiters get their turn (default 16; 0 disables both).
     ///
     /// # Examples
     ///
