@@ -201,7 +201,13 @@ impl<R: Runtime> Engine<R> {
         };
         if start {
             let rt = self.rt.clone();
-            rt.spawn(send_transfers(siblings));
+            // The guard is made here, not in the task: dropped unpolled (a runtime shut
+            // down), the task still settles what it was started for.
+            rt.spawn(send_transfers(Sending {
+                siblings,
+                batch: Vec::new(),
+                finished: false,
+            }));
         }
     }
 
@@ -274,12 +280,7 @@ impl<R: Runtime> Engine<R> {
 
 /// Sends the queued transfers of one semaphore's siblings, a script at a time, until none
 /// is left.
-async fn send_transfers<R: Runtime>(siblings: Arc<Siblings<R>>) {
-    let mut sending = Sending {
-        siblings,
-        batch: Vec::new(),
-        finished: false,
-    };
+async fn send_transfers<R: Runtime>(mut sending: Sending<R>) {
     loop {
         {
             let mut queued = sending.siblings.transfers();
