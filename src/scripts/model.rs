@@ -2340,7 +2340,7 @@ fn siblings_hold() {
 /// wait) instead of a crash: a received permit nobody waits for goes back from the
 /// received slot. About 10 M states.
 #[test]
-#[ignore = "about 40 s: cargo test --release --lib -- --ignored siblings"]
+#[ignore = "about 40-60 s: cargo test --release --lib -- --ignored siblings"]
 fn siblings_hold_when_the_waiter_leaves() {
     holds(Protocol {
         crashes: 0,
