@@ -11,7 +11,9 @@
 //! A client is one handle (`Engine`): a few application tasks that acquire and release
 //! (single permits, `take`, or several, `take_many`: fast path, then the gate and the
 //! permits collected one by one), its lease generations, its watchdog (renewal, then
-//! reclaim of others' expired leases) and the retirements of dirty generations. See
+//! reclaim of others' expired leases) and the retirements of dirty generations. With
+//! [`Protocol::siblings`] the clients are handles of one semaphore in one process, and a
+//! release hands its permit to a waiting sibling with `TRANSFER` (`engine::transfer`). See
 //! `docs/model-check.md` for what is modelled, the bounds, the properties, the findings,
 //! and what is left out.
 //!
@@ -2334,6 +2336,33 @@ fn finds_give_back_taking_the_gate() {
 #[cfg_attr(debug_assertions, ignore = "run with --release")]
 fn siblings_hold() {
     holds(siblings());
+}
+
+/// Siblings with `net` 1 (a request lands up to a tick after it was sent), no timeout, no
+/// crash: `TRANSFER` may now find the receiver's lease expired or reclaimed (-1: the
+/// receiver's generation lost, the permit back with `GIVE_BACK`) or the giver's list
+/// reclaimed (0: the giver's generation lost), paths that `net` 0 cannot reach. About
+/// 9.5 M states.
+#[test]
+#[cfg_attr(debug_assertions, ignore = "run with --release")]
+fn siblings_hold_late_requests() {
+    holds(Protocol {
+        faults: 0,
+        crashes: 0,
+        net: 1,
+        ..siblings()
+    });
+}
+
+/// [`siblings_hold_late_requests`] with one timeout of a sibling call. About 21 M states.
+#[test]
+#[ignore = "about 130 s: cargo test --release --lib -- --ignored siblings"]
+fn siblings_hold_late_requests_with_a_timeout() {
+    holds(Protocol {
+        crashes: 0,
+        net: 1,
+        ..siblings()
+    });
 }
 
 /// [`siblings_hold`] with the receiving waiter leaving (`CLIENT UNBLOCK` or an abandoned
