@@ -43,6 +43,19 @@ use scenarios::*;
 runtime_tests! {
     cluster_silent_node => cluster_silent_node();
     sentinel_silent_primary_then_sentinel => sentinel_silent_primary_then_sentinel();
+    #[ignore = "BUG: a silent cluster node makes requests to the healthy nodes time out \
+                and their holders lose their leases (see cluster_healthy_node_unaffected)"]
+    cluster_healthy_node_unaffected_by_silent_node =>
+        cluster_healthy_node_unaffected(RESPONSE, LEASE, SILENCE * 2);
+    /// The same with longer timeouts: a 2 s response timeout, 10 s leases, 20 s of silence.
+    #[ignore = "BUG: a silent cluster node makes requests to the healthy nodes time out \
+                and their holders lose their leases (see cluster_healthy_node_unaffected)"]
+    cluster_healthy_node_unaffected_longer_timeouts =>
+        cluster_healthy_node_unaffected(
+            Duration::from_secs(2),
+            Duration::from_secs(10),
+            Duration::from_secs(20),
+        );
 }
 
 /// The response timeout of the coordinators under test.
@@ -59,7 +72,8 @@ const CALL_BOUND: Duration = Duration::from_millis(2000 + 4 * 750 + 2000);
 /// Calls on a healthy cluster node while another node is silent: they wait for the
 /// cluster connection, which a timeout on the silent node replaces as a whole and whose
 /// reopening spends a connection and a response timeout on the silent node (2.5 to 6.3 s
-/// seen for a `try_acquire`). A generous hang guard, not a deadline.
+/// seen for a `try_acquire`; see `cluster_healthy_node_unaffected`, ignored: a known
+/// bug). A generous hang guard, not a deadline.
 const OTHER_NODE_BOUND: Duration = Duration::from_secs(12);
 /// A call still running after this is hung (recorded, and the scenario fails).
 const HANG: Duration = Duration::from_secs(30);
@@ -734,4 +748,109 @@ async fn sentinel_silent_primary_then_sentinel<R: Runtime>() {
     let watch = Watch::default();
     let shut = timed::<R, _>(&watch, "shutdown", sync.shutdown()).await;
     assert!(shut.is_some(), "shutdown: {:?}", watch.log().violations);
+}
+
+/// What a silent node should not do to the healthy ones: while node 0 is silent (with a
+/// holder and a waiter on it), a holder on node 1 keeps its lease and every `try_acquire`
+/// on node 1 answers within the response timeout plus a margin.
+///
+/// Fails today. Seen with logging in `ClusterConn::routed`: each timeout on node 0
+/// replaces the whole cluster connection (a blocking wait's timeout resets it too, in
+/// `engine/waiters.rs`); each reopening spends about a connection plus a response timeout
+/// on the silent node (1.5 s here) while every request, node 1's included, waits for it;
+/// and on the reopened connections, requests for node 1's keys time out as well
+/// (apparently the cluster client stalls while it reaches for the silent node after a
+/// `MOVED` to it; redis-rs alone, on a connection opened before the silence, keeps
+/// answering for node 1 in under a millisecond). With a 750 ms response timeout and 1.5 s
+/// leases, a `try_acquire` on node 1 fails after 2 to 4.5 s and node 1's holder loses its
+/// lease; with a 2 s response timeout and 10 s leases, after 6 to 18 s (up to nine
+/// response timeouts), and the holder loses its lease too, although node 1 never stopped
+/// answering. Not a safety problem (nothing is granted twice), but a deadline overrun and
+/// lost leases on healthy nodes.
+async fn cluster_healthy_node_unaffected<R: Runtime>(
+    response: Duration,
+    lease: Duration,
+    silence: Duration,
+) {
+    let _one_at_a_time = CLUSTER_LOCK.lock().await;
+    let topo = RelayedCluster::shared();
+    topo.check().expect("a healthy relayed cluster");
+    let sync = Coordinator::<R>::cluster(topo.seeds())
+        .response_timeout(response)
+        .connect()
+        .await
+        .expect("connect to the relayed cluster");
+    let n0 = name_on_node("silent", 0);
+    let s0 = sync
+        .semaphore(&n0)
+        .lease_ttl(lease)
+        .create(1)
+        .await
+        .unwrap();
+    let waiter = sync
+        .semaphore(&n0)
+        .lease_ttl(lease)
+        .create(1)
+        .await
+        .unwrap();
+    let s1 = sync
+        .semaphore(&name_on_node("healthy", 1))
+        .lease_ttl(lease)
+        .create(2)
+        .await
+        .unwrap();
+    let held0 = s0.acquire().await.unwrap();
+    let held1 = s1.acquire().await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let waiting = {
+        let stop = stop.clone();
+        spawn::<R, _>(async move {
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok(p) = waiter.acquire_timeout(Duration::from_secs(1)).await {
+                    let _ = p.release().await;
+                }
+            }
+        })
+    };
+    sleep::<R>(Duration::from_millis(300)).await;
+    let relay = &topo.relays[0];
+    relay.blackhole_existing();
+    relay.blackhole_new(true);
+    let cut_at = Instant::now();
+    let mut failures = Vec::new();
+    while cut_at.elapsed() < silence {
+        let t = Instant::now();
+        let r = s1.try_acquire().await;
+        let took = t.elapsed();
+        let at = cut_at.elapsed();
+        match r {
+            Ok(Some(p)) => {
+                let _ = p.release().await;
+            }
+            Ok(None) => failures.push(format!("{at:?}: node 1 had no free permit")),
+            Err(e) => failures.push(format!("{at:?}: node 1 try_acquire: {e} after {took:?}")),
+        }
+        if took > response + Duration::from_millis(500) {
+            failures.push(format!("{at:?}: node 1 try_acquire took {took:?}"));
+        }
+        if held1.is_lost() {
+            failures.push(format!("{at:?}: node 1's holder lost its lease"));
+            break;
+        }
+        sleep::<R>(Duration::from_millis(100)).await;
+    }
+    // Restored before any assertion: the topology is shared with the other scenarios.
+    relay.blackhole_new(false);
+    stop.store(true, Ordering::SeqCst);
+    waiting.await;
+    println!("while node 0 was silent: {failures:#?}");
+    drop(held0);
+    drop(held1);
+    // Leases lost in the silence are taken back by a reclaim.
+    let _ = s1.reclaim_expired().await;
+    let _ = s0.reclaim_expired().await;
+    wait_all_free(&s1).await;
+    wait_all_free(&s0).await;
+    let _ = sync.shutdown().await;
+    assert!(failures.is_empty(), "{failures:#?}");
 }
