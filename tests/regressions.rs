@@ -4,7 +4,8 @@
 //! cancelled while giving its gate back leaked them; an unknown outcome while collecting
 //! left a dirty generation (and possibly the gate) forever; a collector kept its pooled
 //! blocking connection and starved the other primitives of a coordinator. F5: a release
-//! after the semaphore was lost and created anew added a permit.
+//! after the semaphore was lost and created anew added a permit. F6: `try_acquire` right
+//! after a drop on the same handle could miss the permit.
 
 #[allow(unused_imports)]
 mod common;
@@ -261,4 +262,30 @@ async fn release_after_the_semaphore_was_lost_and_recreated_adds_no_permit() {
         "BUG: the old token was given back on top of the new pool: {st:?}"
     );
     drop(old);
+}
+
+/// F6: a permit dropped on a handle (its release sent by a background task) and
+/// `try_acquire` on the same handle right after: the background task could take the
+/// release from the outbox and send it after the try, which then found the pool empty.
+/// On smol, whose executor runs the background task on another thread at once.
+#[test]
+fn try_acquire_right_after_a_drop_sees_the_permit() {
+    smol::block_on(async {
+        let c = direct();
+        let prefix = common::unique_prefix("reg-f6");
+        let s = redis_sync::smol::Semaphore::builder(&c, "s")
+            .key_prefix(&prefix)
+            .create(1)
+            .await
+            .unwrap();
+        for round in 0..2000 {
+            let permit = s.acquire().await.unwrap();
+            drop(permit);
+            let again = s.try_acquire().await.unwrap();
+            assert!(
+                again.is_some(),
+                "BUG: round {round}: the permit dropped just before was not free"
+            );
+        }
+    });
 }

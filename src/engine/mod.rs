@@ -130,6 +130,8 @@ struct State<R: Runtime> {
     settling: Vec<Settled>,
     /// Permits dropped whose give-back has not been sent yet, by generation.
     outbox: Vec<Arc<Generation>>,
+    /// Flushes of the outbox under way, each resolved once its give-backs are answered.
+    flushing: Vec<Settled>,
     /// One entry per detached permit (`Permit::forget`), newest last.
     detached: Vec<Arc<Generation>>,
     /// Told when the last pump has stopped (see [`Engine::shutdown`]).
@@ -230,6 +232,7 @@ impl<R: Runtime> Engine<R> {
                 settling: Vec::new(),
                 detached: Vec::new(),
                 outbox: Vec::new(),
+                flushing: Vec::new(),
                 pumps_stopped: Vec::new(),
             }),
         });

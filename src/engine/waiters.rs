@@ -80,10 +80,30 @@ impl<R: Runtime> Engine<R> {
     /// early (a cancelled acquire, or children left unpolled by tokio's coop budget), each
     /// still completes on the runtime.
     pub(crate) fn flush_outbox(self: &Arc<Self>) -> impl std::future::Future<Output = ()> {
-        let gens = std::mem::take(&mut self.state().outbox);
+        self.flush_outbox_after().0
+    }
+
+    /// [`Engine::flush_outbox`], and the flushes that other tasks took from the outbox
+    /// before this one and that may not have reached the connection yet (a flush task on
+    /// another thread of the runtime): read in the same critical section as the outbox.
+    fn flush_outbox_after(
+        self: &Arc<Self>,
+    ) -> (impl std::future::Future<Output = ()>, Vec<Settled>) {
+        let (gens, earlier, done) = {
+            let mut st = self.state();
+            st.flushing.retain(|f| f.peek().is_none());
+            let earlier = st.flushing.clone();
+            let gens = std::mem::take(&mut st.outbox);
+            let done = (!gens.is_empty()).then(|| {
+                let (tx, rx) = oneshot::channel();
+                st.flushing.push(rx.shared());
+                tx
+            });
+            (gens, earlier, done)
+        };
         let calls: Vec<_> = gens.into_iter().map(|gen| self.give_back(gen)).collect();
         let engine = self.clone();
-        async move {
+        let flush = async move {
             if !calls.is_empty() {
                 for res in join_all(calls).await {
                     if let Err(e @ Error::Redis(_)) = res {
@@ -91,13 +111,26 @@ impl<R: Runtime> Engine<R> {
                     }
                 }
             }
-        }
+            // Dropped unpolled (a cancelled acquire), it also tells the waiting ones.
+            drop(done);
+        };
+        (flush, earlier)
     }
 
     /// Takes a token if one is free now: one round trip (shared with the releases of
-    /// permits dropped just before, which go first on the same connection).
+    /// permits dropped just before, which go first on the same connection). A release that
+    /// a background task took from the outbox just before may reach Redis after this
+    /// request: when the pool looked empty, such releases are waited for and the pool
+    /// tried once more, so that a permit dropped on this handle is always seen free here.
     pub(crate) async fn try_take(self: &Arc<Self>) -> Result<Option<Held<R>>> {
-        let ((), taken) = futures::join!(self.flush_outbox(), self.try_take_now());
+        let (flush, earlier) = self.flush_outbox_after();
+        let ((), mut taken) = futures::join!(flush, self.try_take_now());
+        if matches!(taken, Ok(None)) && !earlier.is_empty() {
+            for f in earlier {
+                let _ = f.await;
+            }
+            taken = self.try_take_now().await;
+        }
         if let Ok(Some(held)) = &taken {
             self.note_grant(&held.gen);
         }
