@@ -130,8 +130,9 @@ struct State<R: Runtime> {
     settling: Vec<Settled>,
     /// Permits dropped whose give-back has not been sent yet, by generation.
     outbox: Vec<Arc<Generation>>,
-    /// Flushes of the outbox under way, each resolved once its give-backs are answered.
-    flushing: Vec<Settled>,
+    /// Flushes of the outbox under way (by number), each resolved once its give-backs
+    /// are answered; a flush leaves the list when it ends.
+    flushing: Vec<(u64, Settled)>,
     /// One entry per detached permit (`Permit::forget`), newest last.
     detached: Vec<Arc<Generation>>,
     /// Told when the last pump has stopped (see [`Engine::shutdown`]).

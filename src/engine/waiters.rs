@@ -91,13 +91,17 @@ impl<R: Runtime> Engine<R> {
     ) -> (impl std::future::Future<Output = ()>, Vec<Settled>) {
         let (gens, earlier, done) = {
             let mut st = self.state();
-            st.flushing.retain(|f| f.peek().is_none());
-            let earlier = st.flushing.clone();
+            let earlier = st.flushing.iter().map(|(_, f)| f.clone()).collect();
             let gens = std::mem::take(&mut st.outbox);
             let done = (!gens.is_empty()).then(|| {
                 let (tx, rx) = oneshot::channel();
-                st.flushing.push(rx.shared());
-                tx
+                let id = self.next_block.fetch_add(1, Ordering::Relaxed);
+                st.flushing.push((id, rx.shared()));
+                FlushMark {
+                    engine: self.clone(),
+                    id,
+                    _done: tx,
+                }
             });
             (gens, earlier, done)
         };
@@ -111,7 +115,8 @@ impl<R: Runtime> Engine<R> {
                     }
                 }
             }
-            // Dropped unpolled (a cancelled acquire), it also tells the waiting ones.
+            // Leaves the list of flushes under way and tells whoever waits for it; also
+            // when this future is dropped unpolled (a cancelled acquire).
             drop(done);
         };
         (flush, earlier)
@@ -735,6 +740,21 @@ impl<R: Runtime> Engine<R> {
         gen.sub_outstanding();
         self.maybe_retire(gen);
         out
+    }
+}
+
+/// A flush of the outbox under way, listed in the state until it ends or is dropped.
+struct FlushMark<R: Runtime> {
+    engine: Arc<Engine<R>>,
+    id: u64,
+    /// Dropped with the mark: resolves the flush's entry for whoever awaits it.
+    _done: oneshot::Sender<()>,
+}
+
+impl<R: Runtime> Drop for FlushMark<R> {
+    fn drop(&mut self) {
+        let id = self.id;
+        self.engine.state().flushing.retain(|(i, _)| *i != id);
     }
 }
 
