@@ -105,6 +105,17 @@ impl<R: Runtime> Engine<R> {
         }
     }
 
+    /// [`Engine::release_remote`] from `Drop`: queues a transfer to a waiting sibling and
+    /// returns nothing, or hands `held` back when it must go through the pool.
+    pub(super) fn release_to_sibling_detached(self: &Arc<Self>, held: Held<R>) -> Option<Held<R>> {
+        let Some(taker) = self.sibling_for(&held) else {
+            return Some(held);
+        };
+        let (_, gen, handoffs) = held.disarm();
+        self.queue_transfer(gen, handoffs, taker, None);
+        None
+    }
+
     /// The sibling that waits longest for a permit, with its current generation reserved
     /// for the transfer; none when `held` must go back through the pool.
     pub(super) fn sibling_for(&self, held: &Held<R>) -> Option<Taker<R>> {
@@ -158,16 +169,6 @@ impl<R: Runtime> Engine<R> {
         // A sender never drops a transfer unanswered, unless the runtime drops it: the
         // permit then comes back by retirement or reclaim.
         async move { rx.await.unwrap_or(Ok(())) }
-    }
-
-    /// [`Engine::transfer`] for a release from `Drop`: nobody awaits the outcome.
-    pub(super) fn transfer_detached(
-        self: &Arc<Self>,
-        gen: Arc<Generation>,
-        handoffs: u32,
-        taker: Taker<R>,
-    ) {
-        self.queue_transfer(gen, handoffs, taker, None);
     }
 
     fn queue_transfer(

@@ -622,12 +622,10 @@ impl<R: Runtime> Engine<R> {
     /// Drop-time release: never blocks; what needs Redis runs on the runtime.
     pub(crate) fn release_in_background(self: &Arc<Self>, held: Held<R>) {
         if let Some(held) = self.handoff(held) {
-            if let Some(taker) = self.sibling_for(&held) {
-                // Queued now (disarmed), sent on the runtime.
-                let (_, gen, handoffs) = held.disarm();
-                self.transfer_detached(gen, handoffs, taker);
+            // To a waiting sibling: queued now (disarmed), sent on the runtime.
+            let Some(held) = self.release_to_sibling_detached(held) else {
                 return;
-            }
+            };
             // Disarmed before spawning: if the runtime is shutting down and drops the task
             // unrun, nothing re-enters here; the lease then expires and the permit is
             // reclaimed by another client.
