@@ -91,9 +91,11 @@ async fn released_permit_moves_to_the_waiting_sibling<R: Runtime>() {
     wait_all_free(&a).await;
 }
 
-/// The receiver's lease ended behind its back while it waited: the transfer is refused,
-/// the permit goes back through the pool, and the receiver is served under a new lease.
-async fn receiver_with_an_ended_lease_is_served_through_the_pool<R: Runtime>() {
+/// The receiver's lease ended behind its back while it waited: it is handed the permit at
+/// once (a hop is decided locally, as local handoff is), then told the lease is lost when
+/// the move finds the lease gone; the token, still in the giver's list, goes back to the
+/// pool, and the receiver's next permit comes under a new lease.
+async fn receiver_with_an_ended_lease_is_told_and_the_permit_comes_back<R: Runtime>() {
     let prefix = unique_prefix("siblings-ended");
     let client = common::client();
     let sync = Coordinator::<R>::connect(&client).await.unwrap();
@@ -126,11 +128,23 @@ async fn receiver_with_an_ended_lease_is_served_through_the_pool<R: Runtime>() {
         .unwrap();
     held_by_a.release().await.unwrap();
     let held_by_b = b_waits.await.unwrap();
-    assert_ne!(held_by_b.holder(), b_old, "served under a new lease");
-    assert_eq!(a.stats().handed_to_siblings, 0, "the transfer was refused");
-    let st = wait_conserved(&a).await;
-    assert_eq!(st.held(), 1);
-    drop(held_by_b);
+    // Rarely, the receiver's blocking wait ends just before and finds its lease gone: it
+    // is then served through the pool under a new lease.
+    let handed = a.stats().handed_to_siblings == 1;
+    if handed {
+        assert_eq!(held_by_b.holder(), b_old, "handed over at once");
+        held_by_b.lost().await;
+    }
+    // The token went back while the told task still holds its guard.
+    wait_all_free(&a).await;
+    if handed {
+        assert!(matches!(held_by_b.release().await, Err(Error::LeaseLost)));
+    } else {
+        drop(held_by_b);
+    }
+    let again = b.acquire().await.unwrap();
+    assert_ne!(again.holder(), b_old, "served under a new lease");
+    drop(again);
     wait_all_free(&a).await;
 }
 
@@ -250,10 +264,17 @@ async fn siblings_let_a_request_for_several_through<R: Runtime>() {
         .create(COUNT)
         .await
         .unwrap();
-    let all = other
+    let all = match other
         .acquire_many_timeout(COUNT, Duration::from_secs(30))
         .await
-        .expect("served while siblings hand over");
+    {
+        Ok(all) => all,
+        Err(e) => {
+            let st = other.inspect().await;
+            let stats: Vec<_> = hs.iter().map(|s| s.stats()).collect();
+            panic!("not served while siblings hand over: {e}: {st:?} {stats:?}")
+        }
+    };
     assert_eq!(
         inside.load(Ordering::SeqCst),
         0,
@@ -336,7 +357,7 @@ async fn lowered_count_is_honoured_between_siblings<R: Runtime>() {
 
 runtime_tests! {
     released_permit_moves_to_the_waiting_sibling => released_permit_moves_to_the_waiting_sibling();
-    receiver_with_an_ended_lease => receiver_with_an_ended_lease_is_served_through_the_pool();
+    receiver_with_an_ended_lease => receiver_with_an_ended_lease_is_told_and_the_permit_comes_back();
     siblings_under_faults => siblings_under_faults_never_exceed_the_count();
     siblings_let_a_request_for_several_through => siblings_let_a_request_for_several_through();
     lowered_count_between_siblings => lowered_count_is_honoured_between_siblings();

@@ -13,6 +13,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
 use crate::engine::{Engine, TransferBatch};
 use crate::runtime::Runtime;
@@ -25,6 +26,9 @@ pub(crate) struct Siblings<R: Runtime> {
     waits: Mutex<VecDeque<(Weak<Engine<R>>, u64)>>,
     /// Transfers waiting to be sent, several to a script (see `engine::transfer`).
     transfers: Mutex<TransferBatch<R>>,
+    /// Until this instant permits go back through the pool, not to siblings: a request
+    /// for several permits or a lowered count waits for them there.
+    paused_until: Mutex<Option<Instant>>,
 }
 
 impl<R: Runtime> Siblings<R> {
@@ -32,6 +36,27 @@ impl<R: Runtime> Siblings<R> {
         Siblings {
             waits: Mutex::new(VecDeque::new()),
             transfers: Mutex::new(TransferBatch::default()),
+            paused_until: Mutex::new(None),
+        }
+    }
+
+    /// Sends permits back through the pool for `d` from now.
+    pub(crate) fn pause(&self, d: Duration) {
+        let until = Instant::now() + d;
+        let mut p = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        *p = Some(p.map_or(until, |old| old.max(until)));
+    }
+
+    /// Whether permits go back through the pool now (see [`Siblings::pause`]).
+    pub(crate) fn is_paused(&self) -> bool {
+        let mut p = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        match *p {
+            Some(until) if Instant::now() < until => true,
+            Some(_) => {
+                *p = None;
+                false
+            }
+            None => false,
         }
     }
 

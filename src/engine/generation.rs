@@ -7,6 +7,7 @@
 //! it was taken) goes back to the pool. This is how no permit is ever lost to an
 //! unanswered request.
 
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use futures::channel::oneshot;
@@ -21,6 +22,63 @@ const INFLIGHT_ONE: u64 = 1 << 31;
 const DIRTY: u64 = 1 << 62;
 const RETIRED: u64 = 1 << 63;
 
+/// One generation's part in a [`Group`]: how to retire it and how to mark it lost, on
+/// its own handle (closures, so that generations need not know the runtime type).
+pub(crate) struct Member {
+    pub(crate) gen: Weak<Generation>,
+    /// Retires it if nobody else did (its engine claims the retirement).
+    pub(crate) retire: Arc<dyn Fn() + Send + Sync>,
+    pub(crate) lose: Arc<dyn Fn() + Send + Sync>,
+}
+
+/// Generations entangled by moves of permits between siblings whose outcome is uncertain
+/// (see `engine::transfer`): a token may be in any of their lists while a task of another
+/// uses it, so they are retired together, once every one of them is drained, and a lease
+/// lost by one is lost by all.
+#[derive(Default)]
+pub(crate) struct Group {
+    members: std::sync::Mutex<Vec<Member>>,
+}
+
+impl std::fmt::Debug for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.members.lock().map(|m| m.len()).unwrap_or(0);
+        f.debug_struct("Group").field("members", &n).finish()
+    }
+}
+
+impl Group {
+    fn members(&self) -> std::sync::MutexGuard<'_, Vec<Member>> {
+        self.members.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every member is dirty and drained (or gone).
+    pub(crate) fn all_drained(&self) -> bool {
+        self.members()
+            .iter()
+            .all(|m| m.gen.upgrade().map_or(true, |g| g.is_drained()))
+    }
+
+    /// Retires every member not retired yet. Called once all are drained: none can take
+    /// a new permit or start a call any more.
+    pub(crate) fn retire_all(&self) {
+        let retire: Vec<_> = self.members().iter().map(|m| m.retire.clone()).collect();
+        retire.iter().for_each(|f| f());
+    }
+
+    /// Marks every member lost (each only once: see `Generation::mark_lost`).
+    pub(crate) fn lose_all(&self) {
+        let lose: Vec<_> = self.members().iter().map(|m| m.lose.clone()).collect();
+        lose.iter().for_each(|f| f());
+    }
+
+    fn contains(&self, gen: &Arc<Generation>) -> bool {
+        self.members()
+            .iter()
+            .any(|m| std::ptr::eq(m.gen.as_ptr(), Arc::as_ptr(gen)))
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Generation {
     /// The holder id in the lease set.
@@ -31,6 +89,10 @@ pub(crate) struct Generation {
     /// `Permit::extend`.
     pub hard: bool,
     lost: AtomicBool,
+    /// A sibling's permit moved into its list with an uncertain outcome (see
+    /// `engine::transfer`): the list may lack a token for one of its permits, so permits
+    /// are not given back one by one; retirement gives back whatever the list holds.
+    entangled: AtomicBool,
     /// Dirty and retired flags and two counts in one word, so that retiring (dirty, nothing
     /// outstanding, nothing in flight) and reserving a call for a new grant can never
     /// interleave. Outstanding: permits granted under this generation and not yet given
@@ -42,6 +104,8 @@ pub(crate) struct Generation {
     expires_by: Mutex<Instant>,
     lost_tx: Mutex<Option<oneshot::Sender<()>>>,
     lost_rx: LostSignal,
+    /// The generations it is entangled with, if any (see [`Group`]).
+    group: std::sync::Mutex<Option<Arc<Group>>>,
     /// Loom seed check only: reserve with a separate check and add (see
     /// `loom_tests::seed_check_split_reserve_is_caught`).
     #[cfg(all(test, redis_sync_loom))]
@@ -56,10 +120,12 @@ impl Generation {
             held_key,
             hard: false,
             lost: AtomicBool::new(false),
+            entangled: AtomicBool::new(false),
             word: AtomicU64::new(0),
             expires_by: Mutex::new(expires_by),
             lost_tx: Mutex::new(Some(tx)),
             lost_rx: rx.shared(),
+            group: std::sync::Mutex::new(None),
             #[cfg(all(test, redis_sync_loom))]
             mutant_split_reserve: false,
         }
@@ -90,6 +156,57 @@ impl Generation {
             }
         }
         true
+    }
+
+    /// The generations this one is entangled with, if any.
+    pub(crate) fn group(&self) -> Option<Arc<Group>> {
+        self.group.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// Entangles `a` and `b` (and the groups they are in already): calls for one
+    /// semaphore are made by one task at a time (its siblings' sender).
+    pub(crate) fn entangle(a: (&Arc<Generation>, Member), b: (&Arc<Generation>, Member)) {
+        let group = a.0.group().or_else(|| b.0.group()).unwrap_or_default();
+        for (gen, member) in [a, b] {
+            match gen.group() {
+                Some(g) if Arc::ptr_eq(&g, &group) => {}
+                Some(other) => {
+                    // Merged: every member of the other group joins this one.
+                    let moved = std::mem::take(&mut *other.members());
+                    for m in &moved {
+                        if let Some(g) = m.gen.upgrade() {
+                            g.set_group(&group);
+                        }
+                    }
+                    group.members().extend(moved);
+                }
+                None => {
+                    if !group.contains(gen) {
+                        group.members().push(member);
+                    }
+                    gen.set_group(&group);
+                }
+            }
+        }
+    }
+
+    fn set_group(&self, group: &Arc<Group>) {
+        if let Ok(mut g) = self.group.lock() {
+            *g = Some(group.clone());
+        }
+    }
+
+    /// Dirty, with nothing outstanding and nothing in flight (retired or not).
+    pub(crate) fn is_drained(&self) -> bool {
+        self.word.load(Ordering::SeqCst) & !RETIRED == DIRTY
+    }
+
+    pub(crate) fn mark_entangled(&self) {
+        self.entangled.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn is_entangled(&self) -> bool {
+        self.entangled.load(Ordering::Acquire)
     }
 
     pub(crate) fn mark_dirty(&self) {

@@ -33,6 +33,10 @@ impl<R: Runtime> Engine<R> {
     }
 
     async fn harden_now(self: Arc<Self>, held: Held<R>, d: Duration) -> Result<Held<R>> {
+        // The move is of a token in this holder's list: a sibling's handoff lands first.
+        if let Some(landing) = held.unlanded() {
+            landing.wait().await;
+        }
         let n = self.next_gen.fetch_add(1, Ordering::Relaxed);
         let id = format!("{}-{n}", self.holder_base);
         let mut hard = Generation::new(

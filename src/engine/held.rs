@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::{Engine, Generation};
+use super::{Engine, Generation, Landing};
 use crate::runtime::Runtime;
 use crate::Result;
 
@@ -17,6 +17,9 @@ pub(crate) struct Held<R: Runtime> {
     pub(crate) handoffs: u32,
     /// The token's number, for a mutex: its fencing token (0 otherwise).
     pub(crate) fence: u64,
+    /// For a permit handed over by a sibling: the move of its token into this holder's
+    /// list, which Redis may not have recorded yet (see `engine::transfer`).
+    pub(crate) landing: Option<Arc<Landing>>,
     armed: bool,
 }
 
@@ -29,6 +32,7 @@ impl<R: Runtime> Held<R> {
             gen,
             handoffs,
             fence: 0,
+            landing: None,
             armed: true,
         }
     }
@@ -40,14 +44,24 @@ impl<R: Runtime> Held<R> {
     }
 
     /// Takes over a token already counted as outstanding (a detached permit).
-    pub(crate) fn adopt(engine: Arc<Engine<R>>, gen: Arc<Generation>) -> Self {
+    pub(crate) fn adopt(
+        engine: Arc<Engine<R>>,
+        gen: Arc<Generation>,
+        landing: Option<Arc<Landing>>,
+    ) -> Self {
         Held {
             engine,
             gen,
             handoffs: 0,
             fence: 0,
+            landing,
             armed: true,
         }
+    }
+
+    /// The move of this token that Redis has not answered yet, if any.
+    pub(crate) fn unlanded(&self) -> Option<Arc<Landing>> {
+        self.landing.clone().filter(|l| !l.is_settled())
     }
 
     /// Stops the drop-time release; the caller takes over the outstanding count.
@@ -64,8 +78,9 @@ impl<R: Runtime> Held<R> {
 
     /// Keeps the token held by the handle with no guard; `Semaphore::release` gives it back.
     pub(crate) fn detach(self) {
+        let landing = self.unlanded();
         let (engine, gen, _) = self.disarm();
-        engine.add_detached(gen);
+        engine.add_detached(gen, landing);
     }
 }
 
@@ -81,6 +96,7 @@ impl<R: Runtime> Drop for Held<R> {
             gen: self.gen.clone(),
             handoffs: self.handoffs,
             fence: self.fence,
+            landing: self.landing.take(),
             armed: true,
         };
         self.engine.release_in_background(again);

@@ -37,7 +37,7 @@ pub(crate) use hard::check_lease;
 pub(crate) use held::Held;
 pub(crate) use lease::renew_once;
 pub(crate) use many::HeldMany;
-pub(crate) use transfer::TransferBatch;
+pub(crate) use transfer::{Landing, TransferBatch};
 
 /// The token stored for each permit or signal. redsync 2.0 uses `42` for permits and `1`
 /// for signals; keeping them lets Python and Rust processes share a primitive.
@@ -133,8 +133,9 @@ struct State<R: Runtime> {
     /// Flushes of the outbox under way (by number), each resolved once its give-backs
     /// are answered; a flush leaves the list when it ends.
     flushing: Vec<(u64, Settled)>,
-    /// One entry per detached permit (`Permit::forget`), newest last.
-    detached: Vec<Arc<Generation>>,
+    /// One entry per detached permit (`Permit::forget`), newest last, with the move of
+    /// its token Redis has not answered yet, if any.
+    detached: Vec<(Arc<Generation>, Option<Arc<Landing>>)>,
     /// Told when the last pump has stopped (see [`Engine::shutdown`]).
     pumps_stopped: Vec<oneshot::Sender<()>>,
 }
@@ -389,6 +390,10 @@ impl<R: Runtime> Engine<R> {
         if !gen.mark_lost() {
             return;
         }
+        if let Some(group) = gen.group() {
+            // A token this generation's list holds may be in use by a task of another.
+            group.lose_all();
+        }
         {
             let mut st = self.state();
             st.gens.retain(|g| !Arc::ptr_eq(g, gen));
@@ -419,12 +424,19 @@ impl<R: Runtime> Engine<R> {
 
     /// Retires `gen` if it is dirty and drained.
     pub(crate) fn maybe_retire(&self, gen: &Arc<Generation>) {
+        if let Some(group) = gen.group() {
+            // Entangled: all at once, when none of them may have a permit in use.
+            if group.all_drained() {
+                group.retire_all();
+            }
+            return;
+        }
         if gen.claim_retirement() {
             self.retire(gen.clone());
         }
     }
 
-    fn retire(&self, gen: Arc<Generation>) {
+    pub(super) fn retire(&self, gen: Arc<Generation>) {
         {
             let mut st = self.state();
             st.gens.retain(|g| !Arc::ptr_eq(g, &gen));
@@ -547,7 +559,9 @@ impl<R: Runtime> Engine<R> {
         let registering = self.register_lock.lock().await;
         drop(registering);
         let detached = std::mem::take(&mut self.state().detached);
-        let give_backs = detached.into_iter().map(|gen| self.give_back(gen));
+        let give_backs = detached
+            .into_iter()
+            .map(|(gen, landing)| self.to_pool(gen, landing));
         let ((), _) = futures::join!(self.flush_outbox(), futures::future::join_all(give_backs));
         self.pumps_stopped().await;
         let gens: Vec<Arc<Generation>> = self.state().gens.clone();
@@ -634,14 +648,14 @@ impl<R: Runtime> Engine<R> {
     }
 
     /// Records a permit kept without a guard.
-    pub(crate) fn add_detached(&self, gen: Arc<Generation>) {
-        self.state().detached.push(gen);
+    pub(crate) fn add_detached(&self, gen: Arc<Generation>, landing: Option<Arc<Landing>>) {
+        self.state().detached.push((gen, landing));
     }
 
     /// Takes back a permit kept without a guard, if there is one.
     pub(crate) fn take_detached(self: &Arc<Self>) -> Option<Held<R>> {
-        let gen = self.state().detached.pop()?;
-        Some(Held::adopt(self.clone(), gen))
+        let (gen, landing) = self.state().detached.pop()?;
+        Some(Held::adopt(self.clone(), gen, landing))
     }
 
     /// A pooled connection for blocking waits only, to the server that owns the pool;

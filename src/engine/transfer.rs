@@ -1,80 +1,117 @@
 //! A released permit handed to a sibling handle of the same context (see
-//! [`Siblings`](crate::context::Siblings)): a `TRANSFER` script on the shared connection
-//! instead of a give-back and a blocking move on a dedicated one.
+//! [`Siblings`](crate::context::Siblings)) at once, with the move recorded in Redis right
+//! after: a `TRANSFER` script on the shared connection moves the token from the giver's
+//! list into the receiver's.
 //!
-//! The permit stays recorded in Redis at every instant: the script moves the token from
-//! the giver's list into the receiver's, after checking the receiver's lease, in one step.
-//! Whatever happens to the reply, the token is in one of the two lists, and each list is
-//! given back by its own generation's retirement or by reclaim.
+//! **Write-behind.** The sibling's task gets the permit before Redis has recorded the move,
+//! so a hop costs no round trip. Until the move lands, the token is still in the giver's
+//! list and the giver's generation stays pinned (the permit counted as outstanding in it),
+//! so the giver can neither retire it nor give it back: at every instant the token is in
+//! the list of a live (or expiring) holder of this process, and every task using it holds
+//! it alone. A permit that moves on again before its move was sent is retargeted (one
+//! move, from the first giver to the last receiver); one given back to the pool before
+//! then is given back from the giver's list. Once the move was sent, anything that needs
+//! the token in the receiver's list (a give-back, a hard lease) waits for its reply.
 //!
-//! Transfers released at about the same time go out together, several to a script: the
-//! permits of a busy semaphore travel in convoys (a reply wakes several receivers, which
-//! release at about the same time), so a script usually carries several grants.
+//! One sender per semaphore and context sends the moves, up to [`MAX_BATCH`] to a script,
+//! and the next script only after the previous reply was settled: a move queued behind
+//! another of the same permit is always run after it. A move is never refused for the
+//! gate or a lowered count (the permit is in use already, as with local handoff); the
+//! reply says whether either waits, and then permits go back through the pool.
+//!
+//! When a move does not land as expected (no reply, or the giver's list found empty after
+//! a move into it of unknown outcome), the token is in the giver's list or the receiver's
+//! while the receiver's task uses it: the two generations are **entangled** (see
+//! [`Generation::entangle`]): both dirty, retired together once neither has a permit out,
+//! and lost together. A move whose receiver's lease is gone leaves the token with the
+//! giver, which gives it back (the receiver's task is told its lease is lost); a giver's
+//! list found empty otherwise means the giver's lease expired and was reclaimed (both
+//! tasks are told).
 
-use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use futures::channel::oneshot;
+use futures::future::{BoxFuture, FutureExt, Shared};
 
+use super::generation::Member;
 use super::{Engine, Generation, Held};
 use crate::context::Siblings;
 use crate::runtime::Runtime;
 use crate::scripts::{Transferred, TRANSFER};
 use crate::stats::Counters;
-use crate::{Error, Result};
+use crate::Result;
 
-/// The most transfers in one script.
+/// The most moves in one script.
 const MAX_BATCH: usize = 64;
-/// The most scripts of transfers in flight at once for one semaphore on one context: more
-/// pipeline better on a fast link, fewer carry more transfers each.
-const MAX_IN_FLIGHT: usize = 2;
 
-/// The transfers of one semaphore's siblings not sent yet.
+/// The moves of one semaphore's siblings not sent yet.
 #[derive(Debug)]
 pub(crate) struct TransferBatch<R: Runtime> {
     pending: Vec<Pending<R>>,
-    /// Tasks sending transfers now.
-    senders: usize,
+    /// A task sends moves now.
+    sending: bool,
 }
 
 impl<R: Runtime> Default for TransferBatch<R> {
     fn default() -> Self {
         TransferBatch {
             pending: Vec::new(),
-            senders: 0,
+            sending: false,
         }
     }
 }
 
-/// One permit on its way from one sibling to another.
+/// Whether Redis has answered the move of a permit's token into its holder's list.
+#[derive(Debug)]
+pub(crate) struct Landing {
+    settled: AtomicBool,
+    tx: Mutex<Option<oneshot::Sender<()>>>,
+    rx: Shared<oneshot::Receiver<()>>,
+}
+
+impl Landing {
+    fn new() -> Arc<Self> {
+        let (tx, rx) = oneshot::channel();
+        Arc::new(Landing {
+            settled: AtomicBool::new(false),
+            tx: Mutex::new(Some(tx)),
+            rx: rx.shared(),
+        })
+    }
+
+    pub(crate) fn is_settled(&self) -> bool {
+        self.settled.load(Ordering::Acquire)
+    }
+
+    fn settle(&self) {
+        self.settled.store(true, Ordering::Release);
+        if let Some(tx) = self.tx.lock().ok().and_then(|mut tx| tx.take()) {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Resolves once the move is settled (or its sender is gone, which settles it too).
+    pub(crate) async fn wait(&self) {
+        if !self.is_settled() {
+            let _ = self.rx.clone().await;
+        }
+    }
+}
+
+/// One permit's move from a sibling's list to another's, queued or in flight.
 #[derive(Debug)]
 struct Pending<R: Runtime> {
     from: Arc<Engine<R>>,
-    /// The giver's generation: the permit is disarmed, still counted as outstanding, with
+    /// The giver's generation, pinned: the permit still counted as outstanding in it, with
     /// a call begun on it.
     gen: Arc<Generation>,
-    handoffs: u32,
     to: Arc<Engine<R>>,
-    /// The receiver's generation, reserved (a call begun on it).
+    /// The receiver's generation: the permit counted in it, and a call reserved on it.
     to_gen: Arc<Generation>,
-    /// The giver's release learns here how it went; `None` for a release from `Drop`,
-    /// whose failures are counted as background errors.
-    done: Option<oneshot::Sender<Result<()>>>,
-}
-
-impl<R: Runtime> Pending<R> {
-    fn report(self, out: Result<()>) {
-        match self.done {
-            Some(done) => {
-                let _ = done.send(out);
-            }
-            None => {
-                if let Err(e @ Error::Redis(_)) = out {
-                    self.from.background_error("release from Drop", &e);
-                }
-            }
-        }
-    }
+    landing: Arc<Landing>,
+    /// The giver's own move of this token, still unanswered when this one was queued.
+    after: Option<Arc<Landing>>,
 }
 
 /// A sibling chosen to receive a permit, with its generation reserved.
@@ -84,43 +121,34 @@ pub(super) struct Taker<R: Runtime> {
     to_gen: Arc<Generation>,
 }
 
-/// What is left to do after a transfer.
-enum Landed {
-    /// Nothing: the permit moved, or it comes back by other means.
-    Done(Result<()>),
-    /// Nothing moved: the permit of this generation goes back through the pool.
-    GiveBack(Arc<Generation>),
-}
-
 impl<R: Runtime> Engine<R> {
     /// Gives a released permit back, not locally: to the sibling handle that waits
     /// longest, when the handoff limit allows, else through the pool.
     pub(crate) async fn release_remote(self: &Arc<Self>, held: Held<R>) -> Result<()> {
+        let Some(held) = self.release_to_sibling(held) else {
+            return Ok(());
+        };
+        let landing = held.unlanded();
+        self.to_pool(held.disarm().1, landing).await
+    }
+
+    /// Hands `held` to the sibling that waits longest, now; returns it when it must go
+    /// through the pool instead.
+    pub(super) fn release_to_sibling(self: &Arc<Self>, held: Held<R>) -> Option<Held<R>> {
         match self.sibling_for(&held) {
             Some(taker) => {
-                let (_, gen, handoffs) = held.disarm();
-                self.transfer(gen, handoffs, taker).await
+                self.hand_to_sibling(held, taker);
+                None
             }
-            None => self.give_back(held.disarm().1).await,
+            None => Some(held),
         }
     }
 
-    /// [`Engine::release_remote`] from `Drop`: queues a transfer to a waiting sibling and
-    /// returns nothing, or hands `held` back when it must go through the pool.
-    pub(super) fn release_to_sibling_detached(self: &Arc<Self>, held: Held<R>) -> Option<Held<R>> {
-        let Some(taker) = self.sibling_for(&held) else {
-            return Some(held);
-        };
-        let (_, gen, handoffs) = held.disarm();
-        self.queue_transfer(gen, handoffs, taker, None);
-        None
-    }
-
     /// The sibling that waits longest for a permit, with its current generation reserved
-    /// for the transfer; none when `held` must go back through the pool.
-    pub(super) fn sibling_for(&self, held: &Held<R>) -> Option<Taker<R>> {
+    /// for the move; none when `held` must go back through the pool.
+    fn sibling_for(&self, held: &Held<R>) -> Option<Taker<R>> {
         let siblings = self.siblings_if_any()?;
-        if !self.may_hand_over(held) {
+        if !self.may_hand_over(held) || siblings.is_paused() {
             return None;
         }
         // Each turn takes one entry off the queue: the loop ends.
@@ -152,116 +180,125 @@ impl<R: Runtime> Engine<R> {
         gen.try_reserve().then_some(gen)
     }
 
-    /// Moves the permit of `gen` (disarmed by the caller, still counted as outstanding)
-    /// into the list of the taker's reserved generation, and hands it to that sibling's
-    /// longest waiter. Falls back to the pool when the transfer is refused.
-    ///
-    /// Queued before the returned future is first polled: dropping it, polled or not,
-    /// leaves the transfer (and the fallback) to complete on the runtime.
-    pub(super) fn transfer(
-        self: &Arc<Self>,
-        gen: Arc<Generation>,
-        handoffs: u32,
-        taker: Taker<R>,
-    ) -> impl Future<Output = Result<()>> {
-        let (done, rx) = oneshot::channel();
-        self.queue_transfer(gen, handoffs, taker, Some(done));
-        // A sender never drops a transfer unanswered, unless the runtime drops it: the
-        // permit then comes back by retirement or reclaim.
-        async move { rx.await.unwrap_or(Ok(())) }
-    }
-
-    fn queue_transfer(
-        self: &Arc<Self>,
-        gen: Arc<Generation>,
-        handoffs: u32,
-        taker: Taker<R>,
-        done: Option<oneshot::Sender<Result<()>>>,
-    ) {
-        gen.begin_call();
+    /// Gives the permit of `held` to the taker's longest waiter at once, and queues the
+    /// move of its token (or retargets the move still queued for it).
+    fn hand_to_sibling(self: &Arc<Self>, held: Held<R>, taker: Taker<R>) {
+        let handoffs = held.handoffs + 1;
         let Taker {
             siblings,
             to,
             to_gen,
         } = taker;
-        let start = {
+        let unlanded = held.unlanded();
+        let (_, gen, _) = held.disarm();
+        let (landing, start, retargeted) = {
             let mut batch = siblings.transfers();
-            batch.pending.push(Pending {
-                from: self.clone(),
-                gen,
-                handoffs,
-                to,
-                to_gen,
-                done,
+            let queued = unlanded.as_ref().and_then(|l| {
+                batch
+                    .pending
+                    .iter_mut()
+                    .find(|p| Arc::ptr_eq(&p.landing, l) && Arc::ptr_eq(&p.to_gen, &gen))
             });
-            let start = batch.senders < MAX_IN_FLIGHT;
-            if start {
-                batch.senders += 1;
+            match queued {
+                Some(p) => {
+                    // Not sent yet: one move, from the first giver to this receiver.
+                    p.to = to.clone();
+                    p.to_gen = to_gen.clone();
+                    (p.landing.clone(), false, true)
+                }
+                None => {
+                    // Sent already (or never moved): a move of its own, sent after the
+                    // one in flight; `gen` stays pinned until it lands.
+                    gen.begin_call();
+                    let landing = Landing::new();
+                    batch.pending.push(Pending {
+                        from: self.clone(),
+                        gen: gen.clone(),
+                        to: to.clone(),
+                        to_gen: to_gen.clone(),
+                        landing: landing.clone(),
+                        after: unlanded.clone(),
+                    });
+                    let start = !batch.sending;
+                    batch.sending = true;
+                    (landing, start, false)
+                }
             }
-            start
         };
+        if retargeted {
+            // This handle's part ends: its reservation, and its count of the permit.
+            gen.end_call();
+            gen.sub_outstanding();
+            self.maybe_retire(&gen);
+        }
         if start {
-            let rt = self.rt.clone();
             // The guard is made here, not in the task: dropped unpolled (a runtime shut
             // down), the task still settles what it was started for.
-            rt.spawn(send_transfers(Sending {
+            self.rt.spawn(send_transfers(Sending {
                 siblings,
                 batch: Vec::new(),
                 finished: false,
             }));
         }
+        Counters::add(&self.counters.handed_to_siblings, 1);
+        let mut out = Held::new(to.clone(), to_gen, handoffs);
+        out.landing = Some(landing);
+        to.receive(out);
     }
 
-    /// Settles one transfer; `reply` is `None` when the outcome is unknown.
-    fn settle_transfer(self: &Arc<Self>, p: &Pending<R>, reply: Option<Transferred>) -> Landed {
-        let (gen, to, to_gen) = (&p.gen, &p.to, &p.to_gen);
-        // The giver's permit stays counted as outstanding until it is settled below, so
-        // its generation cannot be retired in between.
-        gen.end_call();
-        let out = match reply {
-            Some(Transferred::Moved(token)) => {
-                // Counted in the receiver's generation before its call ends: it cannot be
-                // retired in between either.
-                let held = Held::new(to.clone(), to_gen.clone(), p.handoffs + 1).with_token(&token);
-                to_gen.end_call();
-                Counters::add(&self.counters.handed_to_siblings, 1);
-                to.receive(held);
-                if gen.is_lost() {
-                    Err(Error::LeaseLost)
-                } else {
-                    Ok(())
-                }
-            }
-            Some(Transferred::FromEmpty) => {
-                // The giver's lease expired and its permits were reclaimed.
-                to_gen.end_call();
-                to.maybe_retire(to_gen);
-                self.lose(gen);
-                Err(Error::LeaseLost)
-            }
-            Some(Transferred::ToGone) => {
-                to_gen.end_call();
-                to.lose(to_gen);
-                return Landed::GiveBack(gen.clone());
-            }
-            Some(Transferred::Refused) => {
-                to_gen.end_call();
-                to.maybe_retire(to_gen);
-                return Landed::GiveBack(gen.clone());
-            }
-            None => {
-                // The token is in one of the two lists: both generations, now dirty, give
-                // back what their lists hold once drained (or their leases expire and any
-                // client reclaims them). The permit comes back either way.
-                gen.mark_dirty();
-                to_gen.end_call();
-                to.taint(to_gen);
-                Ok(())
-            }
+    /// Gives the permit of `gen` (disarmed by the caller, still counted as outstanding)
+    /// back to the pool, from the list that holds its token: if its move from a sibling
+    /// is still queued, the move is dropped and the giver gives it back; if the move is in
+    /// flight, once it has landed.
+    ///
+    /// Set up before the returned future is first polled: dropping it, polled or not,
+    /// leaves the give-back to complete on the runtime.
+    pub(crate) fn to_pool(
+        self: &Arc<Self>,
+        gen: Arc<Generation>,
+        landing: Option<Arc<Landing>>,
+    ) -> BoxFuture<'static, Result<()>> {
+        let Some(landing) = landing.filter(|l| !l.is_settled()) else {
+            return self.give_back(gen).boxed();
         };
-        gen.sub_outstanding();
-        self.maybe_retire(gen);
-        Landed::Done(out)
+        let cancelled = self.siblings.as_ref().and_then(|siblings| {
+            let mut batch = siblings.transfers();
+            let at = batch
+                .pending
+                .iter()
+                .position(|p| Arc::ptr_eq(&p.landing, &landing) && Arc::ptr_eq(&p.to_gen, &gen))?;
+            Some(batch.pending.remove(at))
+        });
+        if let Some(p) = cancelled {
+            // The token never left the giver's list: the giver gives it back (once its own
+            // move into that list, if any, has landed).
+            p.landing.settle();
+            p.to_gen.end_call();
+            p.to_gen.sub_outstanding();
+            p.to.maybe_retire(&p.to_gen);
+            p.gen.end_call();
+            return p.from.give_back_after(p.gen, p.after);
+        }
+        self.give_back_after(gen, Some(landing))
+    }
+
+    /// Gives back the permit of `gen` once `landing` (the move of its token into `gen`'s
+    /// list) is settled; on the runtime, so that a caller that goes away cannot strand it.
+    fn give_back_after(
+        self: &Arc<Self>,
+        gen: Arc<Generation>,
+        landing: Option<Arc<Landing>>,
+    ) -> BoxFuture<'static, Result<()>> {
+        let Some(landing) = landing.filter(|l| !l.is_settled()) else {
+            return self.give_back(gen).boxed();
+        };
+        let engine = self.clone();
+        let (tx, rx) = oneshot::channel();
+        self.rt.spawn(async move {
+            landing.wait().await;
+            let _ = tx.send(engine.give_back(gen).await);
+        });
+        async move { rx.await.unwrap_or(Ok(())) }.boxed()
     }
 
     /// A permit a sibling handed over: to the longest local waiter, else out again (to
@@ -279,14 +316,106 @@ impl<R: Runtime> Engine<R> {
     }
 }
 
-/// Sends the queued transfers of one semaphore's siblings, a script at a time, until none
-/// is left.
+/// Settles one move; `reply` is `None` when its outcome is unknown. Returns the give-back
+/// of the giver's permit when the token stayed in the giver's list and nobody uses it.
+fn settle<R: Runtime>(
+    p: Pending<R>,
+    reply: Option<Transferred>,
+) -> Option<BoxFuture<'static, Result<()>>> {
+    let Pending {
+        from,
+        gen,
+        to,
+        to_gen,
+        landing,
+        after: _,
+    } = p;
+    gen.end_call();
+    to_gen.end_call();
+    let give_back = match reply {
+        Some(Transferred::Moved) => {
+            gen.sub_outstanding();
+            from.maybe_retire(&gen);
+            None
+        }
+        Some(Transferred::ToGone) => {
+            // The receiver's lease ended: its task is told, and the token, still in the
+            // giver's list, goes back.
+            to.lose(&to_gen);
+            Some(from.give_back(gen).boxed())
+        }
+        Some(Transferred::FromEmpty) if !gen.is_dirty() => {
+            // The giver's lease expired and its list was reclaimed: the receiver's task
+            // holds a permit nobody records.
+            from.lose(&gen);
+            to.lose(&to_gen);
+            gen.sub_outstanding();
+            from.maybe_retire(&gen);
+            None
+        }
+        _ => {
+            entangle(&from, &gen, &to, &to_gen);
+            gen.sub_outstanding();
+            from.maybe_retire(&gen);
+            None
+        }
+    };
+    landing.settle();
+    give_back
+}
+
+/// The token is in the giver's list or the receiver's, and the receiver's task uses it:
+/// the two generations are entangled (see [`Generation::entangle`]), so that neither
+/// gives back its list while a task of the other may use the token, and the receiver's,
+/// whose list may lack it, gives nothing back permit by permit.
+fn entangle<R: Runtime>(
+    from: &Arc<Engine<R>>,
+    gen: &Arc<Generation>,
+    to: &Arc<Engine<R>>,
+    to_gen: &Arc<Generation>,
+) {
+    gen.mark_dirty();
+    to_gen.mark_dirty();
+    to_gen.mark_entangled();
+    Generation::entangle((gen, member(from, gen)), (to_gen, member(to, to_gen)));
+    if gen.is_lost() || to_gen.is_lost() {
+        // Lost before they were tied: the loss is both's.
+        from.lose(gen);
+        to.lose(to_gen);
+        if let Some(group) = gen.group() {
+            group.lose_all();
+        }
+    }
+}
+
+fn member<R: Runtime>(engine: &Arc<Engine<R>>, gen: &Arc<Generation>) -> Member {
+    let (e, g) = (Arc::downgrade(engine), Arc::downgrade(gen));
+    let (e2, g2) = (e.clone(), g.clone());
+    Member {
+        gen: Arc::downgrade(gen),
+        retire: Arc::new(move || {
+            if let (Some(e), Some(g)) = (e.upgrade(), g.upgrade()) {
+                if g.claim_retirement() {
+                    e.retire(g);
+                }
+            }
+        }),
+        lose: Arc::new(move || {
+            if let (Some(e), Some(g)) = (e2.upgrade(), g2.upgrade()) {
+                e.lose(&g);
+            }
+        }),
+    }
+}
+
+/// Sends the queued moves of one semaphore's siblings, a script at a time, until none is
+/// left.
 async fn send_transfers<R: Runtime>(mut sending: Sending<R>) {
     loop {
         {
             let mut queued = sending.siblings.transfers();
             if queued.pending.is_empty() {
-                queued.senders -= 1;
+                queued.sending = false;
                 sending.finished = true;
                 return;
             }
@@ -297,17 +426,18 @@ async fn send_transfers<R: Runtime>(mut sending: Sending<R>) {
         let mut give_backs = Vec::new();
         let mut rt = None;
         for (p, reply) in std::mem::take(&mut sending.batch).into_iter().zip(replies) {
-            match p.from.settle_transfer(&p, reply) {
-                Landed::Done(out) => p.report(out),
-                Landed::GiveBack(gen) => {
-                    // Set up now, sent on the runtime: this sender goes on meanwhile.
-                    let give_back = p.from.give_back(gen);
-                    rt.get_or_insert_with(|| p.from.rt.clone());
-                    give_backs.push(async move { p.report(give_back.await) });
-                }
+            rt.get_or_insert_with(|| p.from.rt.clone());
+            let from = p.from.clone();
+            if let Some(give_back) = settle(p, reply) {
+                give_backs.push(async move {
+                    if let Err(e @ crate::Error::Redis(_)) = give_back.await {
+                        from.background_error("give-back after a refused transfer", &e);
+                    }
+                });
             }
         }
-        if let Some(rt) = rt {
+        if let (Some(rt), false) = (rt, give_backs.is_empty()) {
+            // Set up already, sent on the runtime: this sender goes on meanwhile.
             rt.spawn(async move {
                 futures::future::join_all(give_backs).await;
             });
@@ -315,7 +445,7 @@ async fn send_transfers<R: Runtime>(mut sending: Sending<R>) {
     }
 }
 
-/// One script for `batch`; per transfer its reply, or `None` when the outcome is unknown.
+/// One script for `batch`; per move its reply, or `None` when the outcome is unknown.
 async fn run_batch<R: Runtime>(batch: &[Pending<R>]) -> Vec<Option<Transferred>> {
     let unknown = || batch.iter().map(|_| None).collect();
     let Some(first) = batch.first() else {
@@ -335,10 +465,19 @@ async fn run_batch<R: Runtime>(batch: &[Pending<R>]) -> Vec<Option<Transferred>>
         inv.arg(&p.to_gen.id);
     }
     let mut conn = engine.conn.clone();
-    match inv.invoke_async::<Vec<Transferred>>(&mut conn).await {
-        Ok(replies) if replies.len() == batch.len() => replies.into_iter().map(Some).collect(),
-        // A script that failed part way may have moved some tokens: every transfer of
-        // the batch is of unknown outcome (an error reply included).
+    match inv.invoke_async::<(i64, Vec<Transferred>)>(&mut conn).await {
+        Ok((waiting, replies)) if replies.len() == batch.len() => {
+            if waiting == 1 {
+                // A request for several permits, or a lowered count, waits for permits in
+                // the pool: they go back there for a while (a move after that learns again).
+                if let Some(siblings) = &engine.siblings {
+                    siblings.pause(engine.cfg.lease / 3);
+                }
+            }
+            replies.into_iter().map(Some).collect()
+        }
+        // A script that failed part way may have moved some tokens: every move of the
+        // batch is of unknown outcome (an error reply included).
         Ok(_) => unknown(),
         Err(e) => {
             if e.code().is_some() {
@@ -349,9 +488,9 @@ async fn run_batch<R: Runtime>(batch: &[Pending<R>]) -> Vec<Option<Transferred>>
     }
 }
 
-/// A sender of transfers; dropped unfinished (the runtime shutting down), it settles what
-/// it and the queue still hold as of unknown outcome, so that no generation stays
-/// reserved forever and every permit comes back by retirement or reclaim.
+/// A sender of moves; dropped unfinished (the runtime shutting down), it settles what it
+/// and the queue still hold as of unknown outcome, so that no generation stays reserved
+/// forever and every permit comes back by retirement or reclaim.
 struct Sending<R: Runtime> {
     siblings: Arc<Siblings<R>>,
     batch: Vec<Pending<R>>,
@@ -365,13 +504,12 @@ impl<R: Runtime> Drop for Sending<R> {
         }
         let queued = {
             let mut q = self.siblings.transfers();
-            q.senders = q.senders.saturating_sub(1);
+            q.sending = false;
             std::mem::take(&mut q.pending)
         };
         for p in std::mem::take(&mut self.batch).into_iter().chain(queued) {
-            if let Landed::Done(out) = p.from.settle_transfer(&p, None) {
-                p.report(out);
-            }
+            // Nothing is given back from here: the runtime is going away.
+            drop(settle(p, None));
         }
     }
 }

@@ -621,22 +621,36 @@ impl<R: Runtime> Engine<R> {
 
     /// Drop-time release: never blocks; what needs Redis runs on the runtime.
     pub(crate) fn release_in_background(self: &Arc<Self>, held: Held<R>) {
-        if let Some(held) = self.handoff(held) {
-            // To a waiting sibling: queued now (disarmed), sent on the runtime.
-            let Some(held) = self.release_to_sibling_detached(held) else {
-                return;
-            };
-            // Disarmed before spawning: if the runtime is shutting down and drops the task
-            // unrun, nothing re-enters here; the lease then expires and the permit is
-            // reclaimed by another client.
-            // Queued in the outbox, which a task flushes; an acquire of this handle made
-            // meanwhile flushes it first, on the same connection, so its request reaches
-            // Redis after the release (one round trip for both).
+        let Some(held) = self.handoff(held) else {
+            return;
+        };
+        // To a waiting sibling: handed over now, its move sent on the runtime.
+        let Some(held) = self.release_to_sibling(held) else {
+            return;
+        };
+        // Disarmed before spawning: if the runtime is shutting down and drops the task
+        // unrun, nothing re-enters here; the lease then expires and the permit is
+        // reclaimed by another client.
+        if let Some(landing) = held.unlanded() {
+            // Handed over by a sibling, its move not answered yet: given back from the list
+            // that holds the token (set up now, sent on the runtime).
             let gen = held.disarm().1;
-            self.state().outbox.push(gen);
+            let give_back = self.to_pool(gen, Some(landing));
             let engine = self.clone();
-            self.rt.spawn(async move { engine.flush_outbox().await });
+            self.rt.spawn(async move {
+                if let Err(e @ Error::Redis(_)) = give_back.await {
+                    engine.background_error("release from Drop", &e);
+                }
+            });
+            return;
         }
+        // Queued in the outbox, which a task flushes; an acquire of this handle made
+        // meanwhile flushes it first, on the same connection, so its request reaches
+        // Redis after the release (one round trip for both).
+        let gen = held.disarm().1;
+        self.state().outbox.push(gen);
+        let engine = self.clone();
+        self.rt.spawn(async move { engine.flush_outbox().await });
     }
 
     /// Local handoff: a released permit goes straight to the longest local waiter, with no
@@ -677,6 +691,14 @@ impl<R: Runtime> Engine<R> {
         self: &Arc<Self>,
         gen: Arc<Generation>,
     ) -> impl std::future::Future<Output = Result<()>> {
+        if gen.is_entangled() {
+            // Its list may lack this permit's token, which a sibling's list holds pinned
+            // (see `engine::transfer`): a give-back could take another permit's token.
+            // Retirement gives back whatever the list holds once the last one is out.
+            gen.sub_outstanding();
+            self.maybe_retire(&gen);
+            return futures::future::Either::Left(futures::future::ready(Ok(())));
+        }
         // Even for a lost lease the move is attempted: a blocking move that landed after the
         // reclaim left a token there that belongs to nobody.
         let mut conn = self.conn.clone();
@@ -704,10 +726,10 @@ impl<R: Runtime> Engine<R> {
             }
         });
         let engine = self.clone();
-        async move {
+        futures::future::Either::Right(async move {
             let reply = call.await;
             engine.settle_give_back(&gen, reply)
-        }
+        })
     }
 
     fn settle_give_back(&self, gen: &Arc<Generation>, reply: RedisResult<i64>) -> Result<()> {

@@ -219,50 +219,49 @@ return given
     )
 });
 
-/// The reply of [`TRANSFER`].
+/// The reply of [`TRANSFER`] for one move.
 #[derive(Debug)]
 pub(crate) enum Transferred {
     /// The token moved into the receiving holder's list.
-    Moved(String),
-    /// The giving holder's list held no permit: its lease expired and it was reclaimed.
+    Moved,
+    /// The giving holder's list held no permit: its lease expired and it was reclaimed
+    /// (or a move into it of unknown outcome never ran).
     FromEmpty,
     /// The receiving holder's lease is gone or expired: nothing moved.
     ToGone,
-    /// A request for several permits holds the gate, or a lowered count waits for this
-    /// permit: nothing moved, the permit goes back through the pool (`GIVE_BACK`).
-    Refused,
 }
 
 impl FromRedisValue for Transferred {
     fn from_redis_value(v: Value) -> Result<Self, ParsingError> {
         match v {
             Value::Int(-1) => Ok(Transferred::ToGone),
-            Value::Int(-2) => Ok(Transferred::Refused),
             Value::Int(_) | Value::Nil => Ok(Transferred::FromEmpty),
-            other => Ok(Transferred::Moved(String::from_redis_value(other)?)),
+            other => String::from_redis_value(other).map(|_| Transferred::Moved),
         }
     }
 }
 
-/// Hands permits from holders to others of the same semaphore (handles of one context,
-/// see `context::siblings`), several pairs in one call: each token moves from the giver's
-/// list straight into the receiver's, with the receiver's lease checked as `TAKE` checks
-/// it, and the gate and a lowered count respected as `TAKE` and `GIVE_BACK` respect them.
-/// One script for many grants instead of a give-back and a blocking move for each.
+/// Records moves of permits between holders of the same semaphore (handles of one
+/// context, see `context::siblings`), several pairs in one call: each token moves from the
+/// giver's list straight into the receiver's, with the receiver's lease checked as `TAKE`
+/// checks it. The permit is already in the receiver's hands (the move is written behind
+/// a local handoff, see `engine::transfer`): like local handoff, a move is not refused
+/// for the gate or a lowered count; the reply says whether either waits, so that the
+/// handles stop handing permits over and send them back through the pool.
 /// KEYS: leases, gate, meta (or pool), then per pair: giver's held list, receiver's.
 /// ARGV: has_meta (1/0), held list TTL in ms (0: none), then per pair: receiver.
-/// Returns per pair: the token moved, 0 the giver's list held no permit, -1 the receiver's
-/// lease is gone or expired, -2 refused (gate held, or a debt to pay).
+/// Returns {1 if the gate is taken or a debt is to pay else 0, {per pair: the token
+/// moved, 0 the giver's list held no permit, -1 the receiver's lease is gone or expired}}.
 pub(crate) static TRANSFER: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local now = now_ms()
 local meta = ''
 if ARGV[1] == '1' then meta = KEYS[3] end
-local refused = gate_taken(KEYS[2], meta)
-if not refused and meta ~= '' then
+local waiting = gate_taken(KEYS[2], meta)
+if not waiting and meta ~= '' then
   local d = redis.call('HGET', meta, 'debt')
-  refused = d ~= false and tonumber(d) > 0
+  waiting = d ~= false and tonumber(d) > 0
 end
 -- As in `TAKE`: a held list expires with the metadata, never after it.
 local ttl = 0
@@ -273,8 +272,6 @@ for i = 1, (#KEYS - 3) / 2 do
   local e = redis.call('ZSCORE', KEYS[1], ARGV[2 + i])
   if not e or tonumber(e) <= now then
     out[i] = -1
-  elseif refused then
-    out[i] = -2
   else
     -- A permit of the giver, never the gate token a request of the same holder may hold.
     local t = redis.call('LPOP', from)
@@ -295,7 +292,8 @@ for i = 1, (#KEYS - 3) / 2 do
     end
   end
 end
-return out
+if waiting then return {1, out} end
+return {0, out}
 "#,
     )
 });
