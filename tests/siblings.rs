@@ -1,6 +1,6 @@
 //! Handles of one semaphore on one coordinator ("siblings") hand released permits to each
-//! other with one `TRANSFER` script: the permit moves from the giver's holder to the
-//! receiver's in Redis, with no blocking wait. Every scenario checks the permit is where
+//! other at once, the move recorded right after by a `TRANSFER` script: the permit moves
+//! from the giver's holder to the receiver's in Redis, with no blocking wait. Every scenario checks the permit is where
 //! Redis says it is, counts holders inside with an independent counter, and ends with
 //! every permit back in the pool. Runs on tokio, smol and async-std.
 
@@ -146,6 +146,79 @@ async fn receiver_with_an_ended_lease_is_told_and_the_permit_comes_back<R: Runti
     assert_ne!(again.holder(), b_old, "served under a new lease");
     drop(again);
     wait_all_free(&a).await;
+}
+
+/// The move's reply is lost: the shared connection goes silent just before a release, so
+/// the sibling's task gets the permit at once while `TRANSFER` never reaches Redis. The two
+/// holders are entangled: the token stays recorded under the giver (never given back while
+/// the receiver's task uses it), the receiver is not told anything (its permit is safe),
+/// nobody else can take the permit, and once it is released both holders give back what
+/// their lists hold: the permit is back in the pool, once.
+async fn lost_move_entangles_and_the_permit_comes_back_once<R: Runtime>() {
+    let server = common::RedisServer::start();
+    let relay = common::relay::Relay::start_to_port(server.port);
+    let direct = redis::Client::open(server.url.as_str()).unwrap();
+    let relayed = redis::Client::open(relay.url()).unwrap();
+    let prefix = unique_prefix("siblings-entangled");
+    let sync = Coordinator::<R>::builder(&relayed)
+        .response_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .unwrap();
+    let hs = handles(&sync, &prefix, 1, 2).await;
+    let (a, b) = (hs[0].clone(), hs[1].clone());
+    let other = Semaphore::<R>::builder(&direct, "shared")
+        .key_prefix(&prefix)
+        .create(1)
+        .await
+        .unwrap();
+    let held_by_a = a.acquire().await.unwrap();
+    let a_holder = held_by_a.holder().to_owned();
+    let b_waits = spawn::<R, _>({
+        let b = b.clone();
+        async move { b.acquire().await }
+    });
+    waiting(&b, 1).await;
+    eventually::<R, _, _, _>("the waiting sibling's lease", || async {
+        let st = other.inspect().await.map_err(|e| e.to_string())?;
+        (st.holders_total >= 2)
+            .then_some(())
+            .ok_or_else(|| format!("{st:?}"))
+    })
+    .await;
+    relay.blackhole_existing();
+    held_by_a.release().await.unwrap();
+    let held_by_b = b_waits.await.unwrap();
+    assert_ne!(held_by_b.holder(), a_holder);
+    // The coordinator reconnects after the timeout (new connections are forwarded).
+    eventually::<R, _, _, _>("the coordinator back", || async {
+        b.inspect().await.map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await;
+    for _ in 0..3 {
+        let st = other.inspect().await.unwrap();
+        let under_a = st
+            .holders
+            .iter()
+            .find(|h| h.id == a_holder)
+            .map(|h| h.permits);
+        assert_eq!(under_a, Some(1), "still recorded under the giver: {st:?}");
+        assert_eq!(st.free, 0, "{st:?}");
+        assert!(
+            other.try_acquire().await.unwrap().is_none(),
+            "granted twice"
+        );
+        assert!(
+            held_by_b.lost().now_or_never().is_none(),
+            "the receiver is safe"
+        );
+        sleep::<R>(Duration::from_millis(300)).await;
+    }
+    held_by_b.release().await.unwrap();
+    wait_all_free(&other).await;
+    // The permit is whole: another process takes it, then it is free again.
+    drop(other.acquire().await.unwrap());
+    wait_all_free(&other).await;
 }
 
 /// 16 handles on one coordinator, two tasks each, on a semaphore of 3, while connections
@@ -358,6 +431,7 @@ async fn lowered_count_is_honoured_between_siblings<R: Runtime>() {
 runtime_tests! {
     released_permit_moves_to_the_waiting_sibling => released_permit_moves_to_the_waiting_sibling();
     receiver_with_an_ended_lease => receiver_with_an_ended_lease_is_told_and_the_permit_comes_back();
+    lost_move_entangles => lost_move_entangles_and_the_permit_comes_back_once();
     siblings_under_faults => siblings_under_faults_never_exceed_the_count();
     siblings_let_a_request_for_several_through => siblings_let_a_request_for_several_through();
     lowered_count_between_siblings => lowered_count_is_honoured_between_siblings();

@@ -5,11 +5,11 @@
 //! as local handoff does between the tasks of one handle. Without help it goes back to the
 //! pool (one script) and a sibling's blocked `BLMOVE` takes it (one blocking round trip on a
 //! dedicated connection). With help, the releasing handle asks this queue which sibling
-//! waits longest and moves the token into that sibling's list with one script (`TRANSFER`)
-//! on the shared, pipelined connection: the shape of a peer such as redis-semaphore, without
-//! its polling. The handoff limit still bounds how many times in a row a permit stays
-//! among the handles of this process before it goes back through the pool, where other
-//! processes' waiters get their turn.
+//! waits longest, hands the permit to that sibling's task at once, and the move of the
+//! token into that sibling's list follows in a script (`TRANSFER`) on the shared, pipelined
+//! connection (see `engine::transfer`). The handoff limit still bounds how many times in
+//! a row a permit stays among the handles of this process before it goes back through the
+//! pool, where other processes' waiters get their turn.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};

@@ -138,6 +138,9 @@ struct State<R: Runtime> {
     detached: Vec<(Arc<Generation>, Option<Arc<Landing>>)>,
     /// Told when the last pump has stopped (see [`Engine::shutdown`]).
     pumps_stopped: Vec<oneshot::Sender<()>>,
+    /// Moves of permits from this handle to siblings that may not have landed yet: its
+    /// lists hold their tokens until they do (see `engine::transfer`).
+    moving: Vec<Arc<Landing>>,
 }
 
 /// One handle's view of one primitive in Redis.
@@ -236,6 +239,7 @@ impl<R: Runtime> Engine<R> {
                 outbox: Vec::new(),
                 flushing: Vec::new(),
                 pumps_stopped: Vec::new(),
+                moving: Vec::new(),
             }),
         });
         ctx.register(&engine);
@@ -564,6 +568,10 @@ impl<R: Runtime> Engine<R> {
             .map(|(gen, landing)| self.to_pool(gen, landing));
         let ((), _) = futures::join!(self.flush_outbox(), futures::future::join_all(give_backs));
         self.pumps_stopped().await;
+        // A sibling's task uses the token of a move not landed yet: it stays in this
+        // handle's list until the move lands, so the leases are given up after that.
+        let moving = std::mem::take(&mut self.state().moving);
+        futures::future::join_all(moving.iter().map(|l| l.wait())).await;
         let gens: Vec<Arc<Generation>> = self.state().gens.clone();
         let started = self.next_gen.load(Ordering::Relaxed);
         let out = lease::give_up_all(self, &self.holder_base, started).await;

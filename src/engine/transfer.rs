@@ -225,6 +225,11 @@ impl<R: Runtime> Engine<R> {
                 }
             }
         };
+        if !retargeted {
+            let mut st = self.state();
+            st.moving.retain(|l| !l.is_settled());
+            st.moving.push(landing.clone());
+        }
         if retargeted {
             // This handle's part ends: its reservation, and its count of the permit.
             gen.end_call();
