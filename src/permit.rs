@@ -185,7 +185,10 @@ impl<R: Runtime> Permit<R> {
     }
 
     /// The holder id this permit is recorded under in Redis (see
-    /// [`Semaphore::inspect`](crate::Semaphore::inspect)).
+    /// [`Semaphore::inspect`](crate::Semaphore::inspect)). A permit just handed over by
+    /// another handle of the same semaphore on the same coordinator is recorded under this
+    /// id once the move lands, within about a round trip; until then Redis shows it under
+    /// the handle that released it.
     ///
     /// # Examples
     ///
