@@ -398,6 +398,11 @@ impl<R: Runtime> Engine<R> {
             // A token this generation's list holds may be in use by a task of another.
             group.lose_all();
         }
+        // So may the tokens of moves to siblings that have not landed yet.
+        let moving: Vec<Arc<Landing>> = self.state().moving.clone();
+        for landing in moving {
+            landing.giver_lost(gen);
+        }
         {
             let mut st = self.state();
             st.gens.retain(|g| !Arc::ptr_eq(g, gen));

@@ -29,7 +29,7 @@
 //! tasks are told).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use futures::channel::oneshot;
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -63,21 +63,62 @@ impl<R: Runtime> Default for TransferBatch<R> {
 }
 
 /// Whether Redis has answered the move of a permit's token into its holder's list.
-#[derive(Debug)]
 pub(crate) struct Landing {
     settled: AtomicBool,
+    /// The giver's generation, whose list holds the token until the move lands.
+    giver: Weak<Generation>,
+    /// Tells the task that uses the permit now that its lease is lost: set when queued,
+    /// and again when the move is retargeted.
+    lose_receiver: Mutex<Option<LoseReceiver>>,
     tx: Mutex<Option<oneshot::Sender<()>>>,
     rx: Shared<oneshot::Receiver<()>>,
 }
 
+type LoseReceiver = Box<dyn Fn() + Send + Sync>;
+
+impl std::fmt::Debug for Landing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Landing")
+            .field("settled", &self.is_settled())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Landing {
-    fn new() -> Arc<Self> {
+    fn new(giver: &Arc<Generation>) -> Arc<Self> {
         let (tx, rx) = oneshot::channel();
         Arc::new(Landing {
             settled: AtomicBool::new(false),
+            giver: Arc::downgrade(giver),
+            lose_receiver: Mutex::new(None),
             tx: Mutex::new(Some(tx)),
             rx: rx.shared(),
         })
+    }
+
+    /// Names the receiver that uses the permit while the move is not answered.
+    fn received_by<R: Runtime>(&self, to: &Arc<Engine<R>>, to_gen: &Arc<Generation>) {
+        let (to, to_gen) = (Arc::downgrade(to), to_gen.clone());
+        let lose: LoseReceiver = Box::new(move || {
+            if let Some(to) = to.upgrade() {
+                to.lose(&to_gen);
+            }
+        });
+        if let Ok(mut l) = self.lose_receiver.lock() {
+            *l = Some(lose);
+        }
+    }
+
+    /// `giver` lost its lease: the token in its list may be reclaimed and granted again,
+    /// so the task that uses the permit is told, unless the move has landed.
+    pub(crate) fn giver_lost(&self, giver: &Arc<Generation>) {
+        if self.is_settled() || !std::ptr::eq(self.giver.as_ptr(), Arc::as_ptr(giver)) {
+            return;
+        }
+        let lose = self.lose_receiver.lock().ok().and_then(|mut l| l.take());
+        if let Some(lose) = lose {
+            lose();
+        }
     }
 
     pub(crate) fn is_settled(&self) -> bool {
@@ -204,13 +245,15 @@ impl<R: Runtime> Engine<R> {
                     // Not sent yet: one move, from the first giver to this receiver.
                     p.to = to.clone();
                     p.to_gen = to_gen.clone();
+                    p.landing.received_by(&to, &to_gen);
                     (p.landing.clone(), false, true)
                 }
                 None => {
                     // Sent already (or never moved): a move of its own, sent after the
                     // one in flight; `gen` stays pinned until it lands.
                     gen.begin_call();
-                    let landing = Landing::new();
+                    let landing = Landing::new(&gen);
+                    landing.received_by(&to, &to_gen);
                     batch.pending.push(Pending {
                         from: self.clone(),
                         gen: gen.clone(),
