@@ -131,7 +131,6 @@ async fn receiver_with_an_ended_lease_is_told_and_the_permit_comes_back<R: Runti
     // Rarely, the receiver's blocking wait ended just before and found its lease gone: it
     // then waits under a new lease, which the permit goes to.
     if held_by_b.holder() == b_old {
-        assert_eq!(a.stats().handed_to_siblings, 1, "handed over at once");
         held_by_b.lost().await;
         // The token went back while the told task still holds its guard.
         wait_all_free(&a).await;
