@@ -1,6 +1,6 @@
-//! The connection layer: one shared multiplexed connection (one per node in a cluster)
-//! for everything but blocking waits, which get dedicated connections to the server that
-//! owns the key.
+//! The connection layer: one shared multiplexed connection (one per node in a cluster,
+//! each replaced on its own) for everything but blocking waits, which get dedicated
+//! connections to the server that owns the key.
 //!
 //! Every connection the library opens has TCP keepalive and, on Linux, `TCP_USER_TIMEOUT`,
 //! and every request has a deadline: the response timeout, and for a blocking wait its
@@ -120,7 +120,10 @@ impl Conn {
         !matches!(self.server, Server::Single(_))
     }
 
-    /// Drops the shared connection(s): the next request opens new ones.
+    /// After a blocking wait missed its deadline: drops the shared connection of a single
+    /// server (silent too, likely), so that the next request opens a new one. In a cluster
+    /// nothing is dropped: each node's connection is replaced by its own failures, and the
+    /// other nodes' must not be.
     pub(crate) fn reset(&self) {
         match &self.server {
             Server::Single(c) => c.reset(),

@@ -87,9 +87,14 @@ where
         }
     }
 
-    /// Drops the current connection, whatever its state: the next request opens a new one.
-    /// Requests in flight on the old one keep it until they end (each has its deadline).
+    /// Drops the current connection: the next request opens a new one. Requests in flight
+    /// on the old one keep it until they end (each has its deadline). A connection being
+    /// opened is kept: it is new already, and its callers would otherwise wait for it
+    /// while the next request opens another.
     pub(crate) fn reset(&self) {
-        *self.slot() = Slot::Empty;
+        let mut slot = self.slot();
+        if matches!(&*slot, Slot::Ready(..)) {
+            *slot = Slot::Empty;
+        }
     }
 }

@@ -170,7 +170,7 @@ impl SharedConn {
         Ok(conn)
     }
 
-    /// Drops the current connection, whatever its state: the next request opens a new one.
+    /// Drops the current connection (not one being opened): the next request opens a new one.
     pub(crate) fn reset(&self) {
         self.inner.conn.reset();
     }
