@@ -237,12 +237,30 @@ impl<R: Runtime> Engine<R> {
             let queued = unlanded.as_ref().and_then(|l| {
                 batch
                     .pending
-                    .iter_mut()
-                    .find(|p| Arc::ptr_eq(&p.landing, l) && Arc::ptr_eq(&p.to_gen, &gen))
+                    .iter()
+                    .position(|p| Arc::ptr_eq(&p.landing, l) && Arc::ptr_eq(&p.to_gen, &gen))
             });
             match queued {
-                Some(p) => {
+                Some(at) if Arc::ptr_eq(&batch.pending[at].gen, &to_gen) => {
+                    // Back to its giver's generation before the move was sent: no move at
+                    // all. The giver's count of the permit becomes its waiter's.
+                    let p = batch.pending.remove(at);
+                    drop(batch);
+                    p.landing.settle();
+                    p.gen.end_call();
+                    to_gen.end_call();
+                    gen.end_call();
+                    gen.sub_outstanding();
+                    self.maybe_retire(&gen);
+                    let mut back = Held::adopt(to.clone(), to_gen, p.after);
+                    back.handoffs = handoffs;
+                    Counters::add(&self.counters.handed_to_siblings, 1);
+                    to.receive(back);
+                    return;
+                }
+                Some(at) => {
                     // Not sent yet: one move, from the first giver to this receiver.
+                    let p = &mut batch.pending[at];
                     p.to = to.clone();
                     p.to_gen = to_gen.clone();
                     p.landing.received_by(&to, &to_gen);
