@@ -425,13 +425,14 @@ pub(crate) struct Protocol {
     /// back.
     pub many_cancel_fix: bool,
     /// The clients are sibling handles of one semaphore in one process
-    /// (`context::Siblings`): a released permit goes to a sibling's waiter with `TRANSFER`
-    /// (`engine::transfer`), and a crash takes every handle down at once.
+    /// (`context::Siblings`): a released permit goes to a sibling's waiter at once, its
+    /// token following with `TRANSFER` (write-behind, `engine::transfer`), and a crash takes
+    /// every handle down at once.
     pub siblings: bool,
     /// Generations each handle may register (at most [`MAX_GENS`]).
     pub max_gens: u8,
-    /// Siblings only: timeouts only on `TRANSFER` and on the calls of a received permit
-    /// (fewer states; the other calls' timeouts are checked by the one-handle
+    /// Siblings only: timeouts only on `TRANSFER` and on the calls of the received and pin
+    /// slots (fewer states; the other calls' timeouts are checked by the one-handle
     /// configurations).
     pub sibling_faults_only: bool,
     /// Siblings only: the tasks of the handles after the first queue at once (the "pool
@@ -1503,7 +1504,9 @@ impl Protocol {
     fn propagate_pins(&self, s: &mut State) {
         loop {
             let mut changed = false;
-            let gen = |s: &State, h: u8| s.clients[(h / MAX_GENS as u8) as usize].gens[(h % MAX_GENS as u8) as usize];
+            let gen = |s: &State, h: u8| {
+                s.clients[(h / MAX_GENS as u8) as usize].gens[(h % MAX_GENS as u8) as usize]
+            };
             let mut losers: Vec<u8> = s
                 .pins
                 .iter()
@@ -1764,7 +1767,8 @@ impl Protocol {
             .pins
             .iter()
             .filter(|&&(f, t, drained)| {
-                let r = &s.clients[(t / MAX_GENS as u8) as usize].gens[(t % MAX_GENS as u8) as usize];
+                let r =
+                    &s.clients[(t / MAX_GENS as u8) as usize].gens[(t % MAX_GENS as u8) as usize];
                 // A receiver pinned back by this giver (itself, or a pin the other way)
                 // never retires either: a cycle.
                 let cycle = t == f
@@ -1880,8 +1884,7 @@ impl Model for Protocol {
                 }
                 let many_call = su >= self.tasks[ci] && su < self.watchdog_slot(ci);
                 let sibling_call = matches!(call.req, Req::Transfer { .. })
-                    || (self.siblings
-                        && (su == self.received_slot(ci) || su == self.pin_slot(ci)));
+                    || (self.siblings && (su == self.received_slot(ci) || su == self.pin_slot(ci)));
                 if s.faults_left > 0
                     && (many_call || !self.many_faults_only)
                     && (sibling_call || !self.sibling_faults_only)
@@ -2030,8 +2033,9 @@ impl Model for Protocol {
                 }
             }
             Action::Release(ci, t) => match s.clients[ci as usize].tasks[t as usize] {
-                // `release_remote`: to a sibling that waits (`TRANSFER`), else back to the
-                // pool; even under a lost lease the move is attempted (`give_back`).
+                // `release_remote`: to a sibling that waits (write-behind: the pair queued
+                // for `TRANSFER`), else back to the pool; even under a lost lease the move is
+                // attempted (`give_back`).
                 Task::Holding { g } => self.release_single(&mut s, ci as usize, t, g),
                 // `HeldMany::release`: `give_back_many` (awaited).
                 Task::HoldingMany { g } => {
