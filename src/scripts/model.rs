@@ -2660,11 +2660,10 @@ fn siblings_spec_finds_receiver_trusting_an_expired_giver() {
 
 /// [`siblings`] where the first handle's task acquires a second time and queues at once,
 /// so that the receiver's release may go back to it (a queued pair retargeted, a pair b→a
-/// behind a→b in flight); no crash. With the three fixes found with it (see
+/// behind a→b in flight). With the three fixes found with it (see
 /// `docs/model-check.md`).
 fn siblings_reacquire() -> Protocol {
     Protocol {
-        crashes: 0,
         reacquire: true,
         retarget_fix: true,
         chain_wait_fix: true,
@@ -2673,9 +2672,9 @@ fn siblings_reacquire() -> Protocol {
     }
 }
 
-/// About 52 M states, 10 min.
+/// About 52 M states, 8 min, 9 GB.
 #[test]
-#[ignore = "about 10 min: cargo test --release --lib -- --ignored siblings"]
+#[ignore = "about 8 min, 9 GB: cargo test --release --lib -- --ignored siblings"]
 fn siblings_hold_with_reacquire() {
     holds(siblings_reacquire());
 }
