@@ -493,7 +493,7 @@ impl<R: Runtime> Gate<R> {
         let Some(bc) = lent.conn() else {
             return Outcome::Cut { kept: false };
         };
-        let id = bc.id;
+        let (id, node) = (bc.id, bc.node.clone());
         let mut cmd = redis::cmd("BLMOVE");
         cmd.arg(&self.keys.gate)
             .arg(&self.keys.gate)
@@ -515,7 +515,7 @@ impl<R: Runtime> Gate<R> {
         futures::pin_mut!(stop);
         match select(wait, stop).await {
             Either::Left((reply, _)) => Outcome::Reply(reply),
-            Either::Right(((), wait)) => self.unblock(id, wait).await,
+            Either::Right(((), wait)) => self.unblock(id, &node, wait).await,
         }
     }
 
@@ -523,18 +523,14 @@ impl<R: Runtime> Gate<R> {
     /// connection; where that is refused or the wait was not blocked (yet), the caller
     /// drops the connection instead, which ends the wait on the server. Either is safe:
     /// the move puts the element back into the list it took it from.
-    async fn unblock<F>(&self, id: i64, wait: std::pin::Pin<&mut F>) -> Outcome
+    async fn unblock<F>(&self, id: i64, node: &str, wait: std::pin::Pin<&mut F>) -> Outcome
     where
         F: std::future::Future<Output = RedisResult<Option<String>>>,
     {
         if self.unblock_refused.load(Ordering::Relaxed) {
             return Outcome::Cut { kept: false };
         }
-        let unblocked: RedisResult<i64> = redis::cmd("CLIENT")
-            .arg("UNBLOCK")
-            .arg(id)
-            .query_async(&mut self.ctx.conn.clone())
-            .await;
+        let unblocked = self.ctx.conn.unblock_client(id, node).await;
         match unblocked {
             Ok(1) => {
                 let limit = self.ctx.settings.response_timeout;

@@ -112,8 +112,65 @@ async fn scenarios_on_every_shard<R: Runtime>() {
     sync.shutdown().await.unwrap();
 }
 
+/// `CLIENT UNBLOCK <id>` of a blocking wait cut short (a timed-out acquire) goes to the
+/// node the wait's connection is on: client ids are numbered per node, so on another node
+/// it would wake another client, or nobody. Counted in every primary's command stats.
+async fn unblock_reaches_the_waits_node<R: Runtime>() {
+    let _one_at_a_time = TOPOLOGY.lock().await;
+    let cluster = RedisCluster::shared();
+    let sync = coordinator::<R>().await;
+    let n = name("unblock");
+    let owner = cluster.owner_of_slot(slot_of(&format!("{{{n}}}")));
+    let holder = sync.semaphore(&n).create(1).await.unwrap();
+    let waiter = sync.semaphore(&n).create(1).await.unwrap();
+    let held = holder.acquire().await.unwrap();
+    let unblocks = || -> Vec<(u16, u64)> {
+        cluster
+            .on_every_primary::<String>(redis::cmd("INFO").arg("commandstats"))
+            .into_iter()
+            .map(|(port, info)| {
+                let calls = info
+                    .unwrap()
+                    .lines()
+                    .find(|l| l.starts_with("cmdstat_client|unblock:"))
+                    .and_then(|l| l.split("calls=").nth(1))
+                    .and_then(|v| v.split(',').next())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                (port, calls)
+            })
+            .collect()
+    };
+    let before = unblocks();
+    for _ in 0..6 {
+        let res = waiter.acquire_timeout(Duration::from_millis(150)).await;
+        assert!(matches!(res, Err(Error::Timeout(_))), "{res:?}");
+    }
+    let after = unblocks();
+    let delta = |port: u16, v: &[(u16, u64)]| v.iter().find(|(p, _)| *p == port).map_or(0, |x| x.1);
+    let mut to_owner = 0;
+    for &(port, calls) in &after {
+        let d = calls - delta(port, &before);
+        if port == owner {
+            to_owner = d;
+        } else {
+            assert_eq!(
+                d, 0,
+                "CLIENT UNBLOCK sent to node {port}, not the wait's {owner}"
+            );
+        }
+    }
+    assert!(
+        to_owner >= 1,
+        "the timed-out waits were cut short on {owner}: {after:?}"
+    );
+    drop(held);
+    wait_all_free(&holder).await;
+}
+
 /// What cluster mode refuses, and what it runs on one node.
 async fn layouts_and_strategies<R: Runtime>() {
+    let _one_at_a_time = TOPOLOGY.lock().await;
     let sync = coordinator::<R>().await;
     let err = sync
         .semaphore(&name("py"))
@@ -223,6 +280,7 @@ fn migrate(cluster: &RedisCluster, slot: u16) {
 runtime_tests! {
     cluster_scenarios_on_every_shard => scenarios_on_every_shard();
     cluster_layouts_and_init_strategies => layouts_and_strategies();
+    cluster_unblock_reaches_the_waits_node => unblock_reaches_the_waits_node();
     cluster_manual_failover_under_load => under_topology_change(failover);
     cluster_slot_migration_under_load => under_topology_change(migrate);
 }

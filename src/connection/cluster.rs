@@ -294,6 +294,16 @@ impl ClusterConn {
         }
     }
 
+    /// Sends `cmd` to the node at `addr` ("host:port"), with no redirection: for commands
+    /// about that node's own clients.
+    pub(crate) async fn request_at(&self, addr: &str, cmd: &Cmd) -> RedisResult<Value> {
+        let addr = split_addr(addr)
+            .ok_or_else(|| RedisError::from((redis::ErrorKind::Client, "not a node address")))?;
+        let mut v = self.send_to(&addr, &Request::Cmd(cmd), false).await?;
+        v.pop()
+            .ok_or_else(|| RedisError::from((redis::ErrorKind::Client, "no reply from the node")))
+    }
+
     pub(crate) async fn request(&self, cmd: &Cmd) -> RedisResult<Value> {
         let mut v = if to_all_primaries(cmd) {
             self.to_all_primaries(cmd).await?

@@ -162,6 +162,26 @@ impl Conn {
         }
     }
 
+    /// Ends the blocking wait of client `id`, connected to `node` (as named by
+    /// [`Conn::dedicated`]), with `CLIENT UNBLOCK` sent to that server: client ids are
+    /// numbered per server, so in a cluster another node's client of the same id would
+    /// be the one woken.
+    pub(crate) async fn unblock_client(&self, id: i64, node: &str) -> RedisResult<i64> {
+        let mut cmd = redis::cmd("CLIENT");
+        cmd.arg("UNBLOCK").arg(id);
+        match &self.server {
+            Server::Single(_) => {
+                let _ = node;
+                cmd.query_async(&mut self.clone()).await
+            }
+            #[cfg(feature = "cluster")]
+            Server::Cluster(c) => {
+                let v = c.request_at(node, &cmd).await?;
+                redis::from_redis_value(v).map_err(redis::RedisError::from)
+            }
+        }
+    }
+
     /// A blocking wait on a dedicated connection failed without running (see
     /// [`not_executed`]): learn where the key lives now.
     pub(crate) fn note_blocking_error(&self, e: &RedisError) {

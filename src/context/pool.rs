@@ -26,7 +26,8 @@ use crate::stats::OpenConnection;
 pub(crate) struct BlockingConn {
     pub conn: MultiplexedConnection,
     pub id: i64,
-    node: String,
+    /// The server it is connected to (see `Conn::dedicated`).
+    pub node: String,
     /// Counted in the context's open blocking connections while it lives.
     _open: OpenConnection,
 }

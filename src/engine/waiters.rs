@@ -479,7 +479,7 @@ impl<R: Runtime> Engine<R> {
             self.state().blocked.retain(|b| b.ticket != ticket);
             return (Outcome::Reply(Ok(None)), settled_tx);
         };
-        let id = bc.id;
+        let (id, node) = (bc.id, bc.node.clone());
         // Cut short for lack of waiters, or asked to make room in the pool.
         let stop = async move {
             match preempt {
@@ -497,7 +497,7 @@ impl<R: Runtime> Engine<R> {
             match select(wait, Box::pin(stop)).await {
                 Either::Left((reply, _)) => Outcome::Reply(reply),
                 Either::Right((_, wait)) if !self.unblock_refused.load(Ordering::Relaxed) => {
-                    self.unblock(id, wait).await
+                    self.unblock(id, &node, wait).await
                 }
                 Either::Right(_) => Outcome::Abandoned,
             }
@@ -512,18 +512,13 @@ impl<R: Runtime> Engine<R> {
     /// "Not blocked" means the reply is on its way, or the wait has not reached the server
     /// yet: a few more tries tell which; after that, or if Redis refuses the command, the
     /// wait is abandoned.
-    async fn unblock<F>(&self, id: i64, wait: std::pin::Pin<&mut F>) -> Outcome
+    async fn unblock<F>(&self, id: i64, node: &str, wait: std::pin::Pin<&mut F>) -> Outcome
     where
         F: std::future::Future<Output = RedisResult<Option<String>>>,
     {
         let mut wait = wait;
         for attempt in 0..UNBLOCK_TRIES {
-            let mut shared = self.conn.clone();
-            let unblocked: RedisResult<i64> = redis::cmd("CLIENT")
-                .arg("UNBLOCK")
-                .arg(id)
-                .query_async(&mut shared)
-                .await;
+            let unblocked = self.conn.unblock_client(id, node).await;
             match unblocked {
                 Ok(1) => return Outcome::Reply(wait.await),
                 Ok(_) if attempt + 1 < UNBLOCK_TRIES => {
