@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::unique_prefix;
 use futures::FutureExt;
-use redis_sync::{Coordinator, Error, Runtime, Semaphore};
+use redis_sync::{Coordinator, Error, Permit, Runtime, Semaphore};
 use scenarios::*;
 
 async fn handles<R: Runtime>(
@@ -47,6 +47,36 @@ async fn waiting<R: Runtime>(sem: &Semaphore<R>, n: usize) {
         }
     })
     .await;
+}
+
+/// `a` takes the only permit and `b` waits for it: returns `a`'s permit, `b`'s acquire
+/// (spawned), and `b`'s holder id once Redis shows its lease (read through `observer`).
+async fn one_holds_one_waits<R: Runtime>(
+    a: &Semaphore<R>,
+    b: &Semaphore<R>,
+    observer: &Semaphore<R>,
+) -> (
+    Permit<R>,
+    impl std::future::Future<Output = redis_sync::Result<Permit<R>>>,
+    String,
+) {
+    let held_by_a = a.acquire().await.unwrap();
+    let a_holder = held_by_a.holder().to_owned();
+    let b_waits = spawn::<R, _>({
+        let b = b.clone();
+        async move { b.acquire().await }
+    });
+    waiting(b, 1).await;
+    let b_holder = eventually::<R, _, _, _>("the waiting sibling's lease", || async {
+        let st = observer.inspect().await.map_err(|e| e.to_string())?;
+        st.holders
+            .iter()
+            .find(|h| h.id != a_holder)
+            .map(|h| h.id.clone())
+            .ok_or_else(|| format!("{st:?}"))
+    })
+    .await;
+    (held_by_a, b_waits, b_holder)
 }
 
 /// A permit released by one handle goes to the sibling that waits, recorded under the
@@ -101,22 +131,7 @@ async fn receiver_with_an_ended_lease_is_told_and_the_permit_comes_back<R: Runti
     let sync = Coordinator::<R>::connect(&client).await.unwrap();
     let hs = handles(&sync, &prefix, 1, 2).await;
     let (a, b) = (hs[0].clone(), hs[1].clone());
-    let held_by_a = a.acquire().await.unwrap();
-    let a_holder = held_by_a.holder().to_owned();
-    let b_waits = spawn::<R, _>({
-        let b = b.clone();
-        async move { b.acquire().await }
-    });
-    waiting(&b, 1).await;
-    let b_old = eventually::<R, _, _, _>("the waiting sibling's lease", || async {
-        let st = a.inspect().await.map_err(|e| e.to_string())?;
-        st.holders
-            .iter()
-            .find(|h| h.id != a_holder)
-            .map(|h| h.id.clone())
-            .ok_or_else(|| format!("{st:?}"))
-    })
-    .await;
+    let (held_by_a, b_waits, b_old) = one_holds_one_waits(&a, &b, &a).await;
     let mut raw = raw_conn(&client).await;
     let _: () = redis::cmd("ZADD")
         .arg(format!("{prefix}:{{shared}}:leases"))
@@ -168,20 +183,8 @@ async fn lost_move_entangles_and_the_permit_comes_back_once<R: Runtime>() {
         .create(1)
         .await
         .unwrap();
-    let held_by_a = a.acquire().await.unwrap();
+    let (held_by_a, b_waits, _) = one_holds_one_waits(&a, &b, &other).await;
     let a_holder = held_by_a.holder().to_owned();
-    let b_waits = spawn::<R, _>({
-        let b = b.clone();
-        async move { b.acquire().await }
-    });
-    waiting(&b, 1).await;
-    eventually::<R, _, _, _>("the waiting sibling's lease", || async {
-        let st = other.inspect().await.map_err(|e| e.to_string())?;
-        (st.holders_total >= 2)
-            .then_some(())
-            .ok_or_else(|| format!("{st:?}"))
-    })
-    .await;
     relay.blackhole_existing();
     held_by_a.release().await.unwrap();
     let held_by_b = b_waits.await.unwrap();

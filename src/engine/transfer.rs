@@ -324,17 +324,16 @@ impl<R: Runtime> Engine<R> {
         gen: Arc<Generation>,
         landing: Option<Arc<Landing>>,
     ) -> BoxFuture<'static, Result<()>> {
-        let Some(landing) = landing.filter(|l| !l.is_settled()) else {
-            return self.give_back(gen).boxed();
-        };
-        let cancelled = self.siblings.as_ref().and_then(|siblings| {
-            let mut batch = siblings.transfers();
-            let at = batch
-                .pending
-                .iter()
-                .position(|p| Arc::ptr_eq(&p.landing, &landing) && Arc::ptr_eq(&p.to_gen, &gen))?;
-            Some(batch.pending.remove(at))
-        });
+        let cancelled = landing
+            .as_ref()
+            .filter(|l| !l.is_settled())
+            .and_then(|landing| {
+                let mut batch = self.siblings.as_ref()?.transfers();
+                let at = batch.pending.iter().position(|p| {
+                    Arc::ptr_eq(&p.landing, landing) && Arc::ptr_eq(&p.to_gen, &gen)
+                })?;
+                Some(batch.pending.remove(at))
+            });
         if let Some(p) = cancelled {
             // The token never left the giver's list: the giver gives it back (once its own
             // move into that list, if any, has landed).
@@ -345,7 +344,7 @@ impl<R: Runtime> Engine<R> {
             p.gen.end_call();
             return p.from.give_back_after(p.gen, p.after);
         }
-        self.give_back_after(gen, Some(landing))
+        self.give_back_after(gen, landing)
     }
 
     /// Gives back the permit of `gen` once `landing` (the move of its token into `gen`'s
