@@ -358,12 +358,13 @@ impl<R: Runtime> Engine<R> {
             return self.give_back(gen).boxed();
         };
         let engine = self.clone();
-        let (tx, rx) = oneshot::channel();
-        self.rt.spawn(async move {
+        let give_back = self.run_detached(async move {
             landing.wait().await;
-            let _ = tx.send(engine.give_back(gen).await);
+            engine.give_back(gen).await
         });
-        async move { rx.await.unwrap_or(Ok(())) }.boxed()
+        // Dropped unrun (the runtime shutting down): the lease expires and the permit
+        // is reclaimed, as for any release then.
+        async move { give_back.await.unwrap_or(Ok(())) }.boxed()
     }
 
     /// A permit a sibling handed over: to the longest local waiter, else out again (to
